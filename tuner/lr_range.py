@@ -1,0 +1,227 @@
+"""The LR range test (Smith 2018, section 4.1) and the decisions read off its curve.
+
+One short run in which the LR rises from ``start_lr`` to ``end_lr``. The training loss is kept at
+every step; the validation loss on a fixed subset every ``eval_every`` steps, because the paper
+reads the range off the *validation* loss. The run stops once the smoothed training loss
+diverges. The model and optimizer are restored afterwards, whatever happens.
+
+Decisions are pure functions of the stored curve:
+
+* ``decide_range``: max LR = the largest LR at which the validation loss still improved (its
+  minimum), min LR = max / 10. Flat curves and curves that rise from the start are refused with
+  a message naming the setting to change.
+* ``suggestions``: fastai's valley, minimum/10 and steepest, on the smoothed training loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from tuner.config import LRRangeConfig
+from tuner.data import TensorData
+from tuner.schedules import LRMomentum, range_test_lr
+from tuner.train import Diverged, evaluate, fit
+
+
+class NoUsableMinimum(ValueError):
+    """The range test's validation curve has no minimum to read a range from."""
+
+
+@dataclass
+class RangeCurve:
+    """Everything measured by one range test (JSON-friendly, stored with the trial)."""
+
+    lrs: list[float] = field(default_factory=list)  # per step
+    train_losses: list[float] = field(default_factory=list)  # per step, raw
+    val_steps: list[int] = field(default_factory=list)
+    val_lrs: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    val_accuracies: list[float] = field(default_factory=list)
+    stop_reason: str = "end_lr reached"
+    stop_step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RangeCurve:
+        return cls(**d)
+
+
+class LRRange(NamedTuple):
+    min_lr: float
+    max_lr: float
+    why: str
+
+
+class Suggestions(NamedTuple):
+    """fastai-style suggestions from the training-loss curve (``nan`` when not defined)."""
+
+    valley: float
+    minimum: float  # LR at the minimum loss, divided by 10
+    steepest: float
+
+
+def ema(values: Sequence[float], beta: float) -> list[float]:
+    """Bias-corrected exponential moving average (as torch-lr-finder and fastai smooth)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+def _finite_prefix(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The points before the first non-finite loss (what follows a NaN means nothing)."""
+    kx, ky = [], []
+    for x, y in zip(xs, ys, strict=True):
+        if not math.isfinite(y):
+            break
+        kx.append(x)
+        ky.append(y)
+    return kx, ky
+
+
+def decide_range(val_lrs: Sequence[float], val_losses: Sequence[float], min_lr_div: float = 10.0,
+                 min_drop: float = 0.05) -> LRRange:
+    """Max LR = LR at the minimum validation loss (the last LR at which it still improved).
+
+    Raises ``NoUsableMinimum`` when fewer than three finite points exist, when the loss never
+    drops by ``min_drop`` (relative) below its first value, when it is lowest at the first point
+    (diverging at once) or at the last one (still falling when the test ended).
+    """
+    lrs, losses = _finite_prefix(val_lrs, val_losses)
+    if len(lrs) < 3:
+        raise NoUsableMinimum(
+            f"the range test gave only {len(lrs)} finite validation losses (the loss diverged "
+            f"almost at once); lower lr_range.start_lr or lr_range.end_lr, or raise "
+            f"lr_range.num_iters.")
+    best = min(range(len(losses)), key=losses.__getitem__)
+    first = losses[0]
+    drop = (first - losses[best]) / abs(first) if first else 0.0
+    if best == 0:
+        raise NoUsableMinimum(
+            f"the validation loss rose from the first LR on ({lrs[0]:.3g}: {first:.4g}, then "
+            f"{losses[1]:.4g} at {lrs[1]:.3g}): the loss diverges at once; lower "
+            f"lr_range.start_lr.")
+    if drop < min_drop:
+        raise NoUsableMinimum(
+            f"the validation loss is flat: it fell only {drop:.1%} (from {first:.4g} to "
+            f"{losses[best]:.4g}) between LR {lrs[0]:.3g} and {lrs[-1]:.3g}; raise "
+            f"lr_range.end_lr or lr_range.num_iters.")
+    if best == len(losses) - 1:
+        raise NoUsableMinimum(
+            f"the validation loss was still falling at the last LR {lrs[-1]:.3g} "
+            f"({losses[-1]:.4g}); raise lr_range.end_lr or lr_range.num_iters.")
+    max_lr = lrs[best]
+    why = (f"validation loss fell from {first:.4g} to its minimum {losses[best]:.4g} at LR "
+           f"{max_lr:.3g} and rose after (to {losses[-1]:.4g} at LR {lrs[-1]:.3g}); max LR = "
+           f"{max_lr:.3g}, min LR = max / {min_lr_div:g}")
+    return LRRange(max_lr / min_lr_div, max_lr, why)
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's valley: the LR 2/3 down the longest strictly decreasing run of the loss."""
+    n = len(losses)
+    if n < 2:
+        return math.nan
+    lds = [1] * n
+    max_start = max_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+        if lds[max_end] < lds[i]:
+            max_end = i
+            max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    return float(lrs[max_start + int(sections) + int(sections / 2)])
+
+
+def suggestions(lrs: Sequence[float], train_losses: Sequence[float], beta: float = 0.9
+                ) -> Suggestions:
+    """fastai's three suggestions on the smoothed training loss, first 10% and last 5 dropped."""
+    lrs, losses = _finite_prefix(lrs, train_losses)
+    losses = ema(losses, beta)
+    lo, hi = len(lrs) // 10, len(lrs) - 5
+    lrs, losses = lrs[lo:hi], losses[lo:hi]
+    if len(lrs) < 3:
+        return Suggestions(math.nan, math.nan, math.nan)
+    minimum = lrs[min(range(len(losses)), key=losses.__getitem__)] / 10
+    logs = [math.log(x) for x in lrs]
+    slopes = [(losses[i + 1] - losses[i]) / (logs[i + 1] - logs[i] or 1e-12)
+              for i in range(len(losses) - 1)]
+    steepest = lrs[min(range(len(slopes)), key=slopes.__getitem__)]
+    return Suggestions(valley(lrs, losses), minimum, steepest)
+
+
+class _Stop(Exception):
+    pass
+
+
+def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorData,
+               val: TensorData, cfg: LRRangeConfig, batch_size: int, *,
+               num_iters: int | None = None, eval_batch_size: int = 2048,
+               on_eval: Callable[[int, float, float], None] | None = None,
+               generator: torch.Generator | None = None) -> RangeCurve:
+    """Run the range test on ``model``/``optimizer`` and restore both afterwards.
+
+    ``on_eval(step, lr, val_loss)`` is called at each validation measurement (for reporting).
+    """
+    num_iters = num_iters or cfg.num_iters
+    val = val.head(cfg.val_subset)
+    curve = RangeCurve()
+    model_state = copy.deepcopy(model.state_dict())
+    optim_state = copy.deepcopy(optimizer.state_dict())
+    best_smoothed = math.inf
+    smoothed = 0.0
+
+    def lr_at(step: int) -> float:
+        return range_test_lr(step, num_iters, cfg.start_lr, cfg.end_lr, cfg.mode)
+
+    def measure(step: int) -> None:
+        lr = lr_at(max(step - 1, 0))
+        result = evaluate(model, val, eval_batch_size)
+        curve.val_steps.append(step)
+        curve.val_lrs.append(lr)
+        curve.val_losses.append(result.loss)
+        curve.val_accuracies.append(result.accuracy)
+        if on_eval is not None:
+            on_eval(step, lr, result.loss)
+
+    def on_step(step: int, lr: float, loss: float) -> None:
+        nonlocal best_smoothed, smoothed
+        curve.lrs.append(lr)
+        curve.train_losses.append(loss)
+        smoothed = cfg.smooth * smoothed + (1 - cfg.smooth) * loss
+        value = smoothed / (1 - cfg.smooth**step)
+        best_smoothed = min(best_smoothed, value)
+        if step > 1 and value > cfg.diverge_factor * best_smoothed:
+            curve.stop_reason = (f"smoothed training loss {value:.4g} exceeded "
+                                 f"{cfg.diverge_factor:g} x its minimum {best_smoothed:.4g}")
+            curve.stop_step = step
+            measure(step)
+            raise _Stop
+
+    try:
+        measure(0)
+        fit(model, optimizer, train, total_steps=num_iters, batch_size=batch_size,
+            schedule=lambda step: LRMomentum(lr_at(step), None),  # momentum as set
+            eval_every=cfg.eval_every, on_eval=lambda step, _loss, _s: measure(step),
+            on_step=on_step, generator=generator)
+    except _Stop:
+        pass
+    except Diverged as exc:
+        curve.stop_reason = f"training loss became {exc.loss} (not finite)"
+        curve.stop_step = exc.step
+    finally:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+    return curve

@@ -1,0 +1,7 @@
+"""The stages of the pipeline, in the paper's order."""
+
+from __future__ import annotations
+
+from tuner.stages import batch_size, final, lr_range, momentum, weight_decay
+
+STAGES = (lr_range, momentum, weight_decay, batch_size, final)

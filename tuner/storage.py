@@ -1,0 +1,120 @@
+"""Where studies live: one RDB storage per run, one study per stage, decisions as user attrs.
+
+Study names are ``"{run}/{stage}"``. A stage's decision (and why) is written into its study's
+user attributes, together with the run's configuration, so the storage alone is enough to resume
+a run, inspect it in optuna-dashboard, or share it between workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
+DECISION_ATTR = "decision"
+CONFIG_ATTR = "config"
+STAGES = ("lr_range", "momentum", "weight_decay", "batch_size", "final")
+
+
+class StorageError(RuntimeError):
+    """The storage cannot be opened or holds something this tool cannot use."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe to print)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- an unparsable URL is shown without anything after '@'
+        return url.split("@")[-1] if "@" in url else url
+
+
+def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
+    """Open (and create, for SQLite) the storage; errors come as one line, password masked."""
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(f"storage URL {mask_url(url)!r} is not a database URL; expected e.g. "
+                           f"{DEFAULT_STORAGE!r} or postgresql+psycopg://user@host/db.") from None
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Wait for a lock instead of failing when several processes write at once.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:  # noqa: BLE001 -- driver errors vary; keep the first line, masked
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if parsed.password:
+            first = first.replace(str(parsed.password), "***")
+        raise StorageError(f"cannot open storage {mask_url(url)!r}: {first}") from None
+
+
+def study_name(run: str, stage: str) -> str:
+    return f"{run}/{stage}"
+
+
+def open_study(storage: optuna.storages.BaseStorage, run: str, stage: str,
+               direction: str = "minimize", pruner: optuna.pruners.BasePruner | None = None,
+               ) -> optuna.Study:
+    return optuna.create_study(storage=storage, study_name=study_name(run, stage),
+                               direction=direction, load_if_exists=True,
+                               pruner=pruner or optuna.pruners.NopPruner())
+
+
+def get_decision(study: optuna.Study) -> dict[str, Any] | None:
+    return study.user_attrs.get(DECISION_ATTR)
+
+
+def set_decision(study: optuna.Study, decision: dict[str, Any]) -> None:
+    study.set_user_attr(DECISION_ATTR, decision)
+
+
+def run_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """Runs in the storage, in order of creation."""
+    names: list[str] = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        run, _, stage = s.study_name.rpartition("/")
+        if run and stage in STAGES and run not in names:
+            names.append(run)
+    return names
+
+
+def fresh_run_name(storage: optuna.storages.BaseStorage, base: str) -> str:
+    """``base`` if unused, else ``base-2``, ``base-3``, ..."""
+    taken = set(run_names(storage))
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+def stored_config(storage: optuna.storages.BaseStorage, run: str) -> dict[str, Any] | None:
+    """The configuration a run was started with (from its first stage's study), if any."""
+    try:
+        study = optuna.load_study(study_name=study_name(run, STAGES[0]), storage=storage)
+    except KeyError:
+        return None
+    return study.user_attrs.get(CONFIG_ATTR)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{key}.")
+        elif (list(a) if isinstance(a, list | tuple) else a) != (
+                list(b) if isinstance(b, list | tuple) else b):
+            diffs.append(f"{prefix}{key}")
+    return diffs

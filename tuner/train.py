@@ -1,0 +1,151 @@
+"""The training loop: data on the device, hyper-parameters set per step from a pure schedule.
+
+``fit`` runs a fixed number of optimizer steps and calls back at regular intervals; the stages
+build their runs from it (the range test, the 1cycle runs, the final training).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuner.data import TensorData, batches
+from tuner.device import autocast, synchronize
+from tuner.schedules import LRMomentum
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"training loss became {loss} at step {step}")
+        self.step = step
+        self.loss = loss
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2048) -> Evaluation:
+    """Mean cross-entropy and accuracy over ``data``, in large batches without gradients."""
+    was_training = model.training
+    model.eval()
+    device = data.x.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    with autocast(device):
+        for i in range(0, len(data), batch_size):
+            x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+            out = model(x).float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(data)
+    return Evaluation(loss_sum.item() / n, correct.item() / n)  # .item(): one sync per call
+
+
+def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
+             nesterov: bool = False) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                           weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
+
+
+def set_hparams(optimizer: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if momentum is not None:
+            group["momentum"] = momentum
+
+
+Schedule = Callable[[int], LRMomentum]
+# Called every ``eval_every`` steps and at the last step with (step, mean train loss since the
+# last call, training seconds so far). It may raise (e.g. optuna.TrialPruned) to stop the run.
+EvalCallback = Callable[[int, float, float], None]
+StepCallback = Callable[[int, float, float], None]  # (step, lr, loss): forces a sync per step
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steps: int
+    train_seconds: float  # optimizer steps only; callbacks (evaluation) are not counted
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorData, *,
+        total_steps: int, batch_size: int, schedule: Schedule, eval_every: int,
+        on_eval: EvalCallback, on_step: StepCallback | None = None,
+        generator: torch.Generator | None = None) -> FitResult:
+    """Train for ``total_steps`` optimizer steps over shuffled epochs of ``data``.
+
+    Raises ``Diverged`` as soon as a (checked) training loss is not finite: at every step when
+    ``on_step`` is given, else at each ``eval_every`` boundary (to avoid a GPU sync per step).
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, but got {total_steps=}.")
+    device = data.x.device
+    model.train()
+    step, train_seconds = 0, 0.0
+    loss_sum, loss_count = torch.zeros((), device=device), 0
+    synchronize(device)
+    t0 = time.perf_counter()
+    while step < total_steps:
+        for batch in batches(data, batch_size, generator):
+            lr, momentum = schedule(step)
+            set_hparams(optimizer, lr, momentum)
+            with autocast(device):
+                loss = F.cross_entropy(model(batch.x).float(), batch.y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.detach()
+            loss_count += 1
+            if on_step is not None:
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise Diverged(step, value)
+                on_step(step, lr, value)
+            if step % eval_every == 0 or step == total_steps:
+                synchronize(device)
+                train_seconds += time.perf_counter() - t0
+                mean_loss = loss_sum.item() / loss_count
+                if not math.isfinite(mean_loss):
+                    raise Diverged(step, mean_loss)
+                on_eval(step, mean_loss, train_seconds)
+                loss_sum.zero_()
+                loss_count = 0
+                synchronize(device)
+                t0 = time.perf_counter()
+            if step == total_steps:
+                break
+    return FitResult(step, train_seconds)
+
+
+def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorData,
+                       batch_size: int, min_seconds: float = 0.5, warmup_steps: int = 5,
+                       generator: torch.Generator | None = None) -> float:
+    """Training steps per second of ``fit`` at ``batch_size``, after a warm-up (the caller's
+    model and optimizer are changed: pass scratch copies)."""
+    lr = optimizer.param_groups[0]["lr"]
+
+    def timed(steps: int) -> float:
+        return fit(model, optimizer, data, total_steps=steps, batch_size=batch_size,
+                   schedule=lambda _s: LRMomentum(lr, None), eval_every=steps,
+                   on_eval=lambda *_: None, generator=generator).train_seconds
+
+    timed(warmup_steps)  # first steps pay for allocation and (on CUDA) kernel selection
+    steps, seconds = 8, 0.0
+    while True:
+        seconds = timed(steps)
+        if seconds >= min_seconds:
+            return steps / seconds
+        steps = max(steps * 2, int(steps * min_seconds / max(seconds, 1e-6) * 1.2))

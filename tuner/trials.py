@@ -1,0 +1,164 @@
+"""Running a stage's grid of trials so that a crash, a rerun or a second worker loses nothing.
+
+Each grid point is enqueued once as a WAITING trial with fixed parameters. A worker claims a
+WAITING trial by switching it to RUNNING in storage (an atomic update: only one worker wins),
+stamps it with its host and pid, and tells the outcome. A RUNNING trial whose process is gone
+(same host, dead pid; or a stale heartbeat where the storage keeps them) is marked FAIL and its
+point enqueued again, so a rerun after SIGKILL repeats only the trial that was cut off, and a
+COMPLETE or PRUNED trial is never run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "tuner:worker"
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+Objective = Callable[[Trial], float]
+
+
+def _worker_id() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_orphaned(trial: FrozenTrial, host: str | None = None) -> bool:
+    """True for a RUNNING trial started on this host by a process that no longer exists."""
+    worker = trial.system_attrs.get(WORKER_ATTR)
+    if trial.state != TrialState.RUNNING or not worker:
+        return False
+    if worker["host"] != (host or socket.gethostname()):
+        return False
+    return worker["pid"] != os.getpid() and not _pid_alive(worker["pid"])
+
+
+def _same_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    return a == b
+
+
+def trial_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The grid point of a trial, whether or not it got as far as suggesting it."""
+    return dict(trial.system_attrs.get("fixed_params", trial.params))
+
+
+def pending_points(trials: Sequence[FrozenTrial], points: Sequence[Mapping[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """Grid points with no trial that is done, waiting or running (those to enqueue)."""
+    live = (*DONE, TrialState.WAITING, TrialState.RUNNING)
+    taken = [trial_params(t) for t in trials if t.state in live]
+    return [dict(p) for p in points if not any(_same_params(p, q) for q in taken)]
+
+
+def reap_orphans(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker is gone; return their numbers.
+
+    Uses Optuna's heartbeat where the storage has one enabled (workers on other hosts), and the
+    host/pid stamp for workers on this host (immediately, without waiting for a grace period).
+    """
+    with warnings.catch_warnings():  # experimental since 2.9, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    reaped = []
+    storage = study._storage  # noqa: SLF001 -- Optuna exposes no public handle to a study's trials by id
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_orphaned(t):
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):  # noqa: SLF001
+                reaped.append(t.number)
+        except UpdateFinishedTrialError:
+            continue  # another worker got there first
+    if reaped:
+        log.warning("trials %s of %s were left running by a dead process; marked FAIL, will rerun",
+                    reaped, study.study_name)
+    return reaped
+
+
+def enqueue_pending(study: optuna.Study, points: Sequence[Mapping[str, Any]]) -> int:
+    todo = pending_points(study.get_trials(deepcopy=False), points)
+    for p in todo:
+        study.enqueue_trial(p)
+    return len(todo)
+
+
+def claim(study: optuna.Study) -> Trial | None:
+    """Switch one WAITING trial to RUNNING for this process; None when none is left."""
+    storage = study._storage  # noqa: SLF001
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if not storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):  # noqa: SLF001
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        storage.set_trial_system_attr(t._trial_id, WORKER_ATTR, _worker_id())  # noqa: SLF001
+        return Trial(study, t._trial_id)  # noqa: SLF001
+    return None
+
+
+def run_trial(study: optuna.Study, trial: Trial, objective: Objective) -> TrialState:
+    """Run ``objective`` and tell the outcome; an interrupt or error leaves the trial FAIL."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    study.tell(trial, value)
+    return TrialState.COMPLETE
+
+
+def run_grid(study: optuna.Study, points: Sequence[Mapping[str, Any]], objective: Objective,
+             poll_s: float = 2.0, on_trial: Callable[[FrozenTrial], None] | None = None,
+             ) -> list[FrozenTrial]:
+    """Make sure every point of the grid has a COMPLETE or PRUNED trial; return those trials.
+
+    Runs the WAITING trials this process can claim, then waits for trials that other live
+    workers are still running. Safe to call again after any interruption.
+    """
+    while True:
+        reap_orphans(study)
+        enqueue_pending(study, points)
+        trial = claim(study)
+        if trial is not None:
+            run_trial(study, trial, objective)
+            if on_trial is not None:
+                on_trial(study.get_trials(deepcopy=False)[trial.number])
+            continue
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            break
+        log.info("%s: waiting for %d trial(s) running in other workers", study.study_name,
+                 len(running))
+        time.sleep(poll_s)
+    done = [t for t in study.get_trials(deepcopy=False, states=DONE)]
+    return [t for t in done if any(_same_params(trial_params(t), p) for p in points)]
