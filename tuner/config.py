@@ -15,6 +15,7 @@ that names the key and what would be valid, before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -35,7 +36,8 @@ def _check(ok: bool, message: str) -> None:
 
 def _positive(section: str, **values: float) -> None:
     for key, value in values.items():
-        _check(value > 0, f"{section}.{key} must be > 0, but got {key}={value!r}.")
+        _check(0 < value < math.inf, f"{section}.{key} must be a finite number > 0, but got "
+               f"{key}={value!r}.")
 
 
 def _fraction(section: str, **values: float) -> None:
@@ -99,20 +101,21 @@ class LRRangeConfig:
 
     start_lr: float = 1e-3
     end_lr: float = 10.0
-    num_iters: int = 400
+    num_iters: int = 1000  # long enough for the net to learn: a short test overshoots
     mode: str = "exp"  # exp | linear (the paper's)
-    eval_every: int = 8  # iterations between validation measurements
+    eval_every: int = 10  # iterations between validation measurements
     val_subset: int = 1000  # fixed validation samples measured each time
     momentum: float = 0.9
     weight_decay: float = 0.0
     smooth: float = 0.9  # EMA factor for the training loss (bias-corrected)
     diverge_factor: float = 4.0  # stop once smoothed train loss > factor * its minimum
     min_lr_div: float = 10.0  # min LR = max LR / this (the paper's rule)
+    repeats: int = 3  # tests from different seeds, validation curves averaged: one is noisy
 
     def __post_init__(self) -> None:
         _positive("lr_range", start_lr=self.start_lr, end_lr=self.end_lr,
                   num_iters=self.num_iters, eval_every=self.eval_every,
-                  val_subset=self.val_subset, min_lr_div=self.min_lr_div)
+                  val_subset=self.val_subset, min_lr_div=self.min_lr_div, repeats=self.repeats)
         _check(self.end_lr > self.start_lr,
                f"lr_range.end_lr must be > start_lr, but got end_lr={self.end_lr!r}, "
                f"start_lr={self.start_lr!r}.")
@@ -168,7 +171,7 @@ class BatchSizeConfig:
 
     values: tuple[int, ...] = (32, 64, 128, 256, 512)
     budget_s: float = 6.0  # training seconds per candidate (evaluation not counted)
-    range_test_iters: int = 200  # a short LR range test per size gives each its own LR
+    range_test_iters: int = 1000  # a short LR range test per size gives each its own LR
     reports: int = 10  # validation measurements per run, at equal fractions of the budget
 
     def __post_init__(self) -> None:
@@ -195,13 +198,15 @@ class FinalConfig:
 class PrunerConfig:
     """See ``tuner.pruners.MarginPruner``."""
 
-    margin: float = 0.1  # prune when val loss > best-at-the-same-step * (1 + margin)
-    warmup_steps: int = 2  # reports before which nothing but a non-finite loss is pruned
+    margin: float = 0.25  # prune when val loss > best-at-the-same-step * (1 + margin)
+    # Share of a run's reports before which only NaN/inf prune. In 1cycle the loss around the
+    # LR peak (mid-run) says little about the end, so only the annealing phase is compared.
+    warmup_fraction: float = 0.7
 
     def __post_init__(self) -> None:
         _check(self.margin >= 0, f"pruner.margin must be >= 0, but got margin={self.margin!r}.")
-        _check(self.warmup_steps >= 0, f"pruner.warmup_steps must be >= 0, but got "
-               f"warmup_steps={self.warmup_steps!r}.")
+        _check(0 <= self.warmup_fraction <= 1, f"pruner.warmup_fraction must be in [0, 1], "
+               f"but got warmup_fraction={self.warmup_fraction!r}.")
 
 
 @dataclass(frozen=True)

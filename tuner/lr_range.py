@@ -55,6 +55,51 @@ class RangeCurve:
         return cls(**d)
 
 
+def mean_curve(curves: Sequence[RangeCurve]) -> RangeCurve:
+    """Point-wise mean of range tests run with the same schedule (different seeds).
+
+    Kept only as far as every curve goes, at the validation steps they share: the first test
+    to diverge ends the mean curve, and its stop reason is the mean curve's.
+    """
+    if not curves:
+        raise ValueError("mean_curve needs at least one curve.")
+    if len(curves) == 1:
+        return curves[0]
+    n_steps = min(len(c.lrs) for c in curves)
+    n_val = 0
+    while all(n_val < len(c.val_steps) for c in curves) and len(
+            {c.val_steps[n_val] for c in curves}) == 1:
+        n_val += 1
+    first_stop = min(curves, key=lambda c: len(c.lrs))
+
+    def mean(lists: list[list[float]], n: int) -> list[float]:
+        return [sum(xs) / len(xs) for xs in zip(*(values[:n] for values in lists), strict=True)]
+
+    curve = RangeCurve(
+        lrs=list(curves[0].lrs[:n_steps]),
+        train_losses=mean([c.train_losses for c in curves], n_steps),
+        val_steps=list(curves[0].val_steps[:n_val]),
+        val_lrs=list(curves[0].val_lrs[:n_val]),
+        val_losses=mean([c.val_losses for c in curves], n_val),
+        val_accuracies=mean([c.val_accuracies for c in curves], n_val),
+        stop_reason=first_stop.stop_reason,
+        stop_step=first_stop.stop_step,
+    )
+    if first_stop.stop_step is not None and len(first_stop.val_steps) > n_val:
+        # The first test to diverge measured once more, off the shared grid: keep that point,
+        # with each other test's first measurement at or after it, so the rise is not lost.
+        rows = []
+        for c in curves:
+            later = [i for i, step in enumerate(c.val_steps) if step >= first_stop.stop_step]
+            if later:
+                rows.append((c.val_losses[later[0]], c.val_accuracies[later[0]]))
+        curve.val_steps.append(first_stop.val_steps[-1])
+        curve.val_lrs.append(first_stop.val_lrs[-1])
+        curve.val_losses.append(sum(r[0] for r in rows) / len(rows))
+        curve.val_accuracies.append(sum(r[1] for r in rows) / len(rows))
+    return curve
+
+
 class LRRange(NamedTuple):
     min_lr: float
     max_lr: float
@@ -140,7 +185,7 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
                 lds[i] = lds[j] + 1
         if lds[max_end] < lds[i]:
             max_end = i
-            max_start = max_end - lds[max_end]
+            max_start = max_end - lds[max_end] + 1  # fastai has an off-by-one here
     sections = (max_end - max_start) / 3
     return float(lrs[max_start + int(sections) + int(sections / 2)])
 

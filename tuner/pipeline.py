@@ -115,8 +115,9 @@ def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | 
     ctx = Context(config, splits, model_fn, device, rdb, run_name)
 
     for index, stage in enumerate(STAGES, start=1):
+        pruner = stage.pruner(ctx) if hasattr(stage, "pruner") else None
         study = open_study(rdb, run_name, stage.NAME, getattr(stage, "DIRECTION", "minimize"),
-                           pruner=ctx.pruner())
+                           pruner=pruner)
         decision = get_decision(study)
         if decision is not None:
             log.info("[%d/%d] %s: done before: %s", index, len(STAGES), stage.NAME,

@@ -17,6 +17,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -44,11 +45,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+UNSTAMPED_GRACE_S = 60.0  # a claim stamps its trial within milliseconds of switching it
+
+
 def is_orphaned(trial: FrozenTrial, host: str | None = None) -> bool:
-    """True for a RUNNING trial started on this host by a process that no longer exists."""
-    worker = trial.system_attrs.get(WORKER_ATTR)
-    if trial.state != TrialState.RUNNING or not worker:
+    """True for a RUNNING trial started on this host by a process that no longer exists, or
+    one never stamped (its worker died between claiming and stamping) for over a minute."""
+    if trial.state != TrialState.RUNNING:
         return False
+    worker = trial.system_attrs.get(WORKER_ATTR)
+    if not worker:
+        start = trial.datetime_start
+        return start is not None and (datetime.now() - start).total_seconds() > UNSTAMPED_GRACE_S
     if worker["host"] != (host or socket.gethostname()):
         return False
     return worker["pid"] != os.getpid() and not _pid_alive(worker["pid"])

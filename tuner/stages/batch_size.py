@@ -30,6 +30,10 @@ def planned_steps(budget_s: float, steps_per_s: float) -> int:
     return max(1, math.floor(budget_s * steps_per_s))
 
 
+def pruner(ctx: Context) -> optuna.pruners.BasePruner:
+    return ctx.pruner(reports=ctx.config.batch_size.reports)
+
+
 def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     cfg = ctx.config
     bcfg = cfg.batch_size

@@ -18,6 +18,7 @@ from tuner.data import Splits, TensorData
 from tuner.pruners import MarginPruner
 from tuner.schedules import one_cycle
 from tuner.train import Diverged, evaluate, fit, make_sgd
+from tuner.trials import trial_params
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,10 @@ class Context:
     run: str
     decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def pruner(self) -> optuna.pruners.BasePruner:
-        return MarginPruner(self.config.pruner.margin, self.config.pruner.warmup_steps)
+    def pruner(self, reports: int) -> optuna.pruners.BasePruner:
+        """The pruner for runs of ``reports`` validation measurements each."""
+        cfg = self.config.pruner
+        return MarginPruner(cfg.margin, math.ceil(cfg.warmup_fraction * reports))
 
     def new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -127,12 +130,12 @@ def decide_grid(trials: Sequence[FrozenTrial], param: str, label: str | None = N
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
                 and math.isfinite(t.value)]
     if not complete:
-        seen = ", ".join(f"{t.params.get(param)}: {describe_trial(t)}" for t in trials)
+        seen = ", ".join(f"{trial_params(t)[param]}: {describe_trial(t)}" for t in trials)
         raise RuntimeError(f"every {label} trial was pruned or diverged ({seen}); the LR range "
                            f"is probably too high: lower lr_range.end_lr.")
     best = min(complete, key=lambda t: t.value)
-    others = ", ".join(f"{t.params[param]:g}: {describe_trial(t)}"
-                       for t in sorted(trials, key=lambda t: t.params.get(param, 0), reverse=True))
+    others = ", ".join(f"{trial_params(t)[param]:g}: {describe_trial(t)}"
+                       for t in sorted(trials, key=lambda t: trial_params(t)[param], reverse=True))
     why = (f"{label} {best.params[param]:g} gave the lowest final validation loss "
            f"{best.value:.4g} (all: {others})")
     return GridChoice(best.params[param], why)

@@ -16,6 +16,10 @@ NAME = "momentum"
 log = logging.getLogger(__name__)
 
 
+def pruner(ctx: Context) -> optuna.pruners.BasePruner:
+    return ctx.pruner(reports=ctx.config.momentum.epochs)
+
+
 def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     cfg = ctx.config
     lr = ctx.decisions["lr_range"]

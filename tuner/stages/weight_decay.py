@@ -15,6 +15,10 @@ NAME = "weight_decay"
 log = logging.getLogger(__name__)
 
 
+def pruner(ctx: Context) -> optuna.pruners.BasePruner:
+    return ctx.pruner(reports=ctx.config.weight_decay.epochs)
+
+
 def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     cfg = ctx.config
     lr, mom = ctx.decisions["lr_range"], ctx.decisions["momentum"]

@@ -1,0 +1,194 @@
+"""tuner.config: defaults, study files, and one-line errors naming the key and what is valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tuner.config import (
+    ConfigError,
+    LRRangeConfig,
+    MomentumConfig,
+    StudyConfig,
+    from_dict,
+    load_study,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = [f.name for f in dataclasses.fields(StudyConfig) if f.name != "name"]
+
+
+def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def config_error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_study(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_defaults_build() -> None:
+    cfg = StudyConfig()
+    assert cfg.name
+    for section in SECTIONS:
+        assert dataclasses.is_dataclass(getattr(cfg, section)), section
+    assert cfg.lr_range.start_lr < cfg.lr_range.end_lr
+    assert len(cfg.momentum.values) > 0
+
+
+def test_defaults_round_trip_through_a_dict() -> None:
+    cfg = StudyConfig()
+    assert from_dict(StudyConfig, cfg.to_dict()) == cfg
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        StudyConfig().name = "x"  # type: ignore[misc]
+
+
+def test_replace() -> None:
+    cfg = StudyConfig().replace(name="other")
+    assert cfg.name == "other"
+    assert cfg.lr_range == StudyConfig().lr_range
+
+
+def test_load_study_overrides_nested_values(tmp_path: Path) -> None:
+    cfg = load_study(write(tmp_path, """
+[lr_range]
+start_lr = 1e-4
+num_iters = 50
+mode = "linear"
+
+[momentum]
+values = [0.95, 0.9]
+
+[train]
+nesterov = true
+"""))
+    defaults = StudyConfig()
+    assert cfg.name == "study"  # the file's stem
+    assert cfg.lr_range.start_lr == 1e-4
+    assert cfg.lr_range.num_iters == 50
+    assert cfg.lr_range.mode == "linear"
+    assert cfg.lr_range.end_lr == defaults.lr_range.end_lr  # untouched keys keep defaults
+    assert cfg.momentum.values == (0.95, 0.9)  # a list becomes a tuple
+    assert cfg.momentum.min_momentum == defaults.momentum.min_momentum
+    assert cfg.train.nesterov is True
+    assert cfg.weight_decay == defaults.weight_decay
+
+
+def test_name_in_the_file_wins_over_the_stem(tmp_path: Path) -> None:
+    assert load_study(write(tmp_path, 'name = "mine"\n')).name == "mine"
+
+
+def test_int_for_a_float_is_accepted(tmp_path: Path) -> None:
+    cfg = load_study(write(tmp_path, "[lr_range]\nend_lr = 5\n"))
+    assert cfg.lr_range.end_lr == 5.0
+    assert isinstance(cfg.lr_range.end_lr, float)
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "bogus = 1\n")
+    assert "'bogus'" in message
+    for section in SECTIONS:
+        assert section in message
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "[momentum]\nvaluez = [0.9]\n")
+    assert "momentum.valuez" in message
+    for key in (f.name for f in dataclasses.fields(MomentumConfig)):
+        assert key in message
+
+
+def test_unknown_dataset(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[data]\nname = "mnist2d"\n')
+    assert "data.name" in message and "mnist2d" in message
+    assert "mnist1d" in message
+
+
+def test_unknown_model(tmp_path: Path) -> None:
+    message = config_error(tmp_path, '[model]\nname = "resnet9000"\n')
+    assert "model.name" in message and "resnet9000" in message
+    assert "mnist1d_cnn" in message
+
+
+def test_negative_start_lr(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "[lr_range]\nstart_lr = -0.001\n")
+    assert "start_lr" in message
+
+
+def test_end_lr_below_start_lr(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "[lr_range]\nstart_lr = 1.0\nend_lr = 0.5\n")
+    assert "end_lr" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[train]\nbatch_size = "128"\n', "train.batch_size"),
+        ("[train]\nbatch_size = 12.5\n", "train.batch_size"),
+        ("[train]\nbatch_size = true\n", "train.batch_size"),
+        ('[lr_range]\nend_lr = "ten"\n', "lr_range.end_lr"),
+        ('[train]\nnesterov = "yes"\n', "train.nesterov"),
+        ("[lr_range]\nmode = 3\n", "lr_range.mode"),
+        ("[momentum]\nvalues = 0.9\n", "momentum.values"),
+        ('[momentum]\nvalues = [0.9, "x"]\n', "momentum.values"),
+        ("name = 5\n", "name"),
+        ("data = 5\n", "data"),
+    ],
+)
+def test_wrong_type(tmp_path: Path, text: str, key: str) -> None:
+    assert key in config_error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[momentum]\nvalues = [0.99, 0.8]\n", "momentum.values"),  # below min_momentum
+        ("[momentum]\nvalues = []\n", "momentum.values"),
+        ("[data]\nval_fraction = 1.5\n", "data.val_fraction"),
+        ("[schedule]\ncycle_fraction = 0\n", "schedule.cycle_fraction"),
+        ("[pruner]\nmargin = -1\n", "pruner.margin"),
+        ('[train]\ndevice = "tpu"\n', "train.device"),
+        ('name = "a/b"\n', "name"),
+    ],
+)
+def test_out_of_range(tmp_path: Path, text: str, key: str) -> None:
+    assert key in config_error(tmp_path, text)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study(tmp_path / "nope.toml")
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    assert "not valid TOML" in config_error(tmp_path, "[lr_range\nstart_lr = \n")
+
+
+def test_dataclass_validation_without_a_file() -> None:
+    with pytest.raises(ConfigError, match="num_iters"):
+        LRRangeConfig(num_iters=0)
+
+
+def test_default_study_file_loads() -> None:
+    path = REPO / "studies" / "mnist1d_cnn.toml"
+    cfg = load_study(path)
+    assert cfg.name == "mnist1d_cnn"
+    table = tomllib.loads(path.read_text())
+    for section, values in table.items():
+        if not isinstance(values, dict):
+            assert getattr(cfg, section) == values
+            continue
+        for key, value in values.items():
+            got = getattr(getattr(cfg, section), key)
+            assert got == (tuple(value) if isinstance(value, list) else value), (section, key)
