@@ -1,0 +1,40 @@
+"""Shared fixtures: MNIST-1D generated once per session, and a tiny configuration that runs
+the whole pipeline in seconds on a CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tuner.config import (
+    BatchSizeConfig,
+    DataConfig,
+    FinalConfig,
+    LRRangeConfig,
+    MomentumConfig,
+    StudyConfig,
+    TrainConfig,
+    WeightDecayConfig,
+)
+from tuner.data import Splits, load_splits
+
+
+def tiny_config(**changes: object) -> StudyConfig:
+    """Every stage, each as small as still meaningful (seconds in all)."""
+    cfg = StudyConfig(
+        name="tiny",
+        train=TrainConfig(batch_size=64, threads=1),
+        lr_range=LRRangeConfig(num_iters=300, eval_every=10, repeats=1, start_lr=1e-2),
+        momentum=MomentumConfig(values=(0.95, 0.9), epochs=3),
+        weight_decay=WeightDecayConfig(values=(1e-4, 0.0), epochs=3),
+        batch_size=BatchSizeConfig(values=(64, 128), budget_s=0.4, range_test_iters=300,
+                                   reports=3),
+        final=FinalConfig(epochs=3, seeds=(0,)),
+    )
+    return dataclasses.replace(cfg, **changes)
+
+
+@pytest.fixture(scope="session")
+def mnist1d_splits() -> Splits:
+    return load_splits(DataConfig())

@@ -1,0 +1,245 @@
+"""tuner.pipeline end to end on a tiny budget: stages, storage, pruning, resume, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import tuner
+from tuner.config import LRRangeConfig, WeightDecayConfig
+from tuner.lr_range import NoUsableMinimum
+from tuner.pipeline import RunConfigMismatch
+from tuner.stages import STAGES
+from tuner.stages import weight_decay as wd_stage
+from tuner.stages.common import HParams, one_cycle_run
+from tuner.storage import STAGES as STAGE_NAMES
+from tuner.storage import open_storage, study_name
+from tuner.trials import run_grid, trial_params
+
+from .conftest import tiny_config
+
+
+def studies(url: str, run: str) -> dict[str, optuna.Study]:
+    """The run's stage studies that exist so far."""
+    existing = set(optuna.get_all_study_names(url))
+    return {s: optuna.load_study(study_name=study_name(run, s), storage=url)
+            for s in STAGE_NAMES if study_name(run, s) in existing}
+
+
+def completed_points(study: optuna.Study) -> Counter:
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return Counter(tuple(sorted(trial_params(t).items())) for t in done)
+
+
+def test_stage_order_is_the_papers() -> None:
+    assert [s.NAME for s in STAGES] == list(STAGE_NAMES) == [
+        "lr_range", "momentum", "weight_decay", "batch_size", "final"]
+
+
+def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    cfg = tiny_config()
+    result = tuner.run(cfg, storage=url, splits=mnist1d_splits)
+
+    assert result.run == "tiny"
+    assert 0 < result.min_lr < result.max_lr
+    assert result.max_lr == pytest.approx(10 * result.min_lr)
+    assert result.momentum in cfg.momentum.values
+    assert result.weight_decay in cfg.weight_decay.values
+    assert result.batch_size in cfg.batch_size.values
+    assert 0.1 < result.test_accuracy <= 1.0  # 3 epochs: well above chance (0.1)
+
+    by_stage = studies(url, "tiny")
+    for name, study in by_stage.items():
+        decision = study.user_attrs["decision"]
+        assert decision["why"], name
+        assert study.user_attrs["config"] == json.loads(json.dumps(cfg.to_dict())), name
+    # every grid point has exactly one finished trial, each reporting validation loss per epoch
+    for name, param, values in [("momentum", "max_momentum", cfg.momentum.values),
+                                ("weight_decay", "weight_decay", cfg.weight_decay.values)]:
+        trials = by_stage[name].get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+        assert sorted(trial_params(t)[param] for t in trials) == sorted(values)
+        for t in trials:
+            assert len(t.intermediate_values) >= 1
+            assert all(math.isfinite(v) for v in t.intermediate_values.values())
+    complete = by_stage["momentum"].get_trials(states=(TrialState.COMPLETE,))
+    assert all(len(t.intermediate_values) == cfg.momentum.epochs for t in complete)
+    # the range test stored its whole curve and the fastai suggestions beside it
+    (rt,) = by_stage["lr_range"].get_trials()
+    curve = rt.user_attrs["curve"]
+    assert len(curve["lrs"]) == len(curve["train_losses"]) > 0
+    assert len(curve["val_lrs"]) == len(curve["val_losses"]) == len(curve["val_accuracies"]) > 2
+    assert set(rt.user_attrs["suggestions"]) == {"valley", "minimum", "steepest"}
+    # batch sizes got equal training time and their own LR range
+    for t in by_stage["batch_size"].get_trials(states=(TrialState.COMPLETE,)):
+        assert t.user_attrs["planned_steps"] >= 1
+        assert t.user_attrs["max_lr"] > 0
+    final = by_stage["final"].user_attrs["decision"]
+    assert final["seeds"] == list(cfg.final.seeds)
+
+
+def test_rerun_of_a_finished_run_trains_nothing(tmp_path: Path, mnist1d_splits,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    first = tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
+
+    def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a finished stage trained again")
+
+    monkeypatch.setattr("tuner.stages.common.fit", no_training)
+    monkeypatch.setattr("tuner.lr_range.fit", no_training)
+    again = tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
+    assert again.decisions == first.decisions
+
+
+def test_resume_after_interrupted_stage_reruns_only_the_cut_trial(
+        tmp_path: Path, mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    cfg = tiny_config(weight_decay=WeightDecayConfig(values=(1e-3, 1e-4, 0.0), epochs=2))
+    calls: list[float] = []
+    real = wd_stage.one_cycle_run
+
+    def interrupt_second(ctx, trial, hp, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(hp.weight_decay)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second weight-decay trial
+        return real(ctx, trial, hp, **kw)
+
+    monkeypatch.setattr(wd_stage, "one_cycle_run", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.run(cfg, storage=url, splits=mnist1d_splits)
+    wd = studies(url, "tiny")["weight_decay"]
+    assert [t.state for t in wd.get_trials()][:2] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert "decision" not in wd.user_attrs
+    range_trials_before = len(studies(url, "tiny")["lr_range"].get_trials())
+
+    calls.clear()
+    monkeypatch.setattr(wd_stage, "one_cycle_run", real)
+    result = tuner.run(cfg, storage=url, splits=mnist1d_splits)
+    assert result.weight_decay in cfg.weight_decay.values
+    by_stage = studies(url, "tiny")
+    assert len(by_stage["lr_range"].get_trials()) == range_trials_before == 1
+    points = completed_points(by_stage["weight_decay"])
+    assert sorted(points.values()) == [1, 1, 1]  # each grid point finished exactly once
+
+
+def test_diverging_trial_is_pruned_and_recorded(tmp_path: Path, mnist1d_splits) -> None:
+    from tuner.stages.common import Context
+
+    cfg = tiny_config()
+    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
+    study = optuna.create_study(storage=storage, study_name="x/momentum")
+    ctx = Context(cfg, mnist1d_splits, lambda: __import__("tuner.models").models.mnist1d_cnn(),
+                  __import__("torch").device("cpu"), storage, "x")
+    hp = HParams(1e3, 1e5, 0.9, 0.85, 0.0, 64)  # absurd LR: the loss becomes inf/NaN
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_categorical("max_momentum", [0.9])
+        return one_cycle_run(ctx, trial, hp, total_steps=100, eval_every=50, seed=0,
+                             train=mnist1d_splits.train, val=mnist1d_splits.val).last["val_loss"]
+
+    (trial,) = run_grid(study, [{"max_momentum": 0.9}], objective)
+    assert trial.state == TrialState.PRUNED
+    assert "diverged" in trial.user_attrs
+
+
+def test_flat_range_test_stops_with_a_clear_message_and_keeps_the_curve(
+        tmp_path: Path, mnist1d_splits) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    cfg = tiny_config(lr_range=LRRangeConfig(start_lr=1e-7, end_lr=1e-6, num_iters=50,
+                                             eval_every=10, repeats=1))
+    with pytest.raises(NoUsableMinimum, match="flat.*lr_range.end_lr"):
+        tuner.run(cfg, storage=url, splits=mnist1d_splits)
+    (rt,) = optuna.load_study(study_name="tiny/lr_range", storage=url).get_trials()
+    assert rt.state == TrialState.COMPLETE
+    assert len(rt.user_attrs["curve"]["val_losses"]) == 6  # steps 0, 10, ..., 50
+
+
+def test_changed_settings_on_resume_are_refused(tmp_path: Path, mnist1d_splits) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    cfg = tiny_config(lr_range=LRRangeConfig(start_lr=1e-7, end_lr=1e-6, num_iters=20,
+                                             eval_every=10, repeats=1))
+    with pytest.raises(NoUsableMinimum):
+        tuner.run(cfg, storage=url, splits=mnist1d_splits)
+    with pytest.raises(RunConfigMismatch, match="lr_range.end_lr.*--fresh"):
+        tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
+    fresh = tuner.run(tiny_config(), storage=url, splits=mnist1d_splits, fresh=True)
+    assert fresh.run == "tiny-2"
+
+
+TINY_TOML = """
+name = "tiny"
+[train]
+batch_size = 64
+threads = 1
+[lr_range]
+start_lr = 1e-2
+num_iters = 300
+eval_every = 10
+repeats = 1
+[momentum]
+values = [0.95, 0.9]
+epochs = 3
+[weight_decay]
+values = [1e-3, 1e-4, 1e-5, 0.0]
+epochs = 25
+[batch_size]
+values = [64, 128]
+budget_s = 0.4
+range_test_iters = 300
+reports = 3
+[final]
+epochs = 3
+seeds = [0]
+"""
+
+
+def test_sigkill_during_weight_decay_then_rerun_completes(tmp_path: Path) -> None:
+    study_file = tmp_path / "tiny.toml"
+    study_file.write_text(TINY_TOML)
+    url = f"sqlite:///{tmp_path}/t.db"
+    cmd = [sys.executable, "-m", "tuner.cli", "-q", "run", str(study_file), "--storage", url]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = open_storage(url)
+    deadline = time.monotonic() + 120
+    killed_in: list[tuple] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            wd = optuna.load_study(study_name="tiny/weight_decay", storage=storage)
+        except KeyError:
+            time.sleep(0.1)
+            continue
+        done = wd.get_trials(states=(TrialState.COMPLETE,))
+        running = wd.get_trials(states=(TrialState.RUNNING,))
+        if done and running and running[0].intermediate_values:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_in = [tuple(sorted(trial_params(t).items())) for t in running]
+            break
+        time.sleep(0.05)
+    assert killed_in, f"never caught a running weight-decay trial: {proc.stderr.read()!r}"
+    before = completed_points(optuna.load_study(study_name="tiny/weight_decay", storage=url))
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "test accuracy" in rerun.stdout
+    wd = optuna.load_study(study_name="tiny/weight_decay", storage=url)
+    after = completed_points(wd)
+    assert set(after.values()) == {1}  # one finished trial per grid point
+    assert len(after) == 4
+    assert all(after[p] == 1 for p in before)  # completed before the kill: not run again
+    failed = [tuple(sorted(trial_params(t).items()))
+              for t in wd.get_trials(states=(TrialState.FAIL,))]
+    assert failed == killed_in  # the cut-off trial was marked FAIL and its point rerun
