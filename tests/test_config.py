@@ -192,3 +192,8 @@ def test_default_study_file_loads() -> None:
         for key, value in values.items():
             got = getattr(getattr(cfg, section), key)
             assert got == (tuple(value) if isinstance(value, list) else value), (section, key)
+
+
+def test_default_study_file_shows_the_code_defaults() -> None:
+    # The file documents the defaults; a default changed in code must be changed there too.
+    assert load_study(REPO / "studies" / "mnist1d_cnn.toml") == StudyConfig()

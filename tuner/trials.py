@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +154,25 @@ def run_grid(study: optuna.Study, points: Sequence[Mapping[str, Any]], objective
     Runs the WAITING trials this process can claim, then waits for trials that other live
     workers are still running. Safe to call again after any interruption.
     """
-    while True:
-        reap_orphans(study)
-        enqueue_pending(study, points)
-        trial = claim(study)
-        if trial is not None:
-            run_trial(study, trial, objective)
-            if on_trial is not None:
-                on_trial(study.get_trials(deepcopy=False)[trial.number])
-            continue
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not running:
-            break
-        log.info("%s: waiting for %d trial(s) running in other workers", study.study_name,
-                 len(running))
-        time.sleep(poll_s)
+    # A progress bar on a terminal (tqdm turns itself off when stderr is not one).
+    bar = tqdm(total=len(points), desc=study.study_name, unit="trial", leave=False, disable=None)
+    with bar:
+        while True:
+            reap_orphans(study)
+            enqueue_pending(study, points)
+            bar.n = len(study.get_trials(deepcopy=False, states=DONE))
+            bar.refresh()
+            trial = claim(study)
+            if trial is not None:
+                run_trial(study, trial, objective)
+                if on_trial is not None:
+                    on_trial(study.get_trials(deepcopy=False)[trial.number])
+                continue
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
+                break
+            log.info("%s: waiting for %d trial(s) running in other workers", study.study_name,
+                     len(running))
+            time.sleep(poll_s)
     done = [t for t in study.get_trials(deepcopy=False, states=DONE)]
     return [t for t in done if any(_same_params(trial_params(t), p) for p in points)]
