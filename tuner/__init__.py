@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from tuner.config import ConfigError, StudyConfig, load_study
 from tuner.pipeline import Result, run
+from tuner.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["ConfigError", "Result", "StudyConfig", "load_study", "run", "__version__"]

@@ -1,4 +1,4 @@
-"""Command line: ``tuner run [STUDY.toml] [--storage URL] [--run NAME] [--fresh]``."""
+"""Command line: ``tuner run | worker | status`` (see ``tuner --help``)."""
 
 from __future__ import annotations
 
@@ -49,18 +49,52 @@ def summary_table(result) -> str:  # noqa: ANN001 -- tuner.pipeline.Result
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from tuner.pipeline import run
+    from tuner import workers
+    from tuner.pipeline import prepare, run
+    from tuner.workers import threads_per_worker
 
     if args.study is None and not DEFAULT_STUDY.is_file():
         config = StudyConfig()  # every number has a default in the code
     else:
         config = load_study(args.study or DEFAULT_STUDY)
-    if args.device:
-        config = config.replace(train=dataclasses.replace(config.train, device=args.device))
-    with logging_redirect_tqdm():
-        result = run(config, storage=_storage_arg(args.storage), run_name=args.run,
-                     fresh=args.fresh)
+    storage = _storage_arg(args.storage)
+    threads = args.threads or (threads_per_worker(args.workers) if args.workers > 1 else 0)
+    if args.device or threads:
+        config = config.replace(train=dataclasses.replace(
+            config.train, device=args.device or config.train.device,
+            threads=threads or config.train.threads))
+    procs = []
+    if args.workers > 1:  # N - 1 helpers join the run; this process is the N-th worker
+        run_name = prepare(config, storage, args.run, args.fresh)
+        procs = workers.spawn(args.workers - 1, storage, run_name, config.train.threads,
+                              args.device, quiet=True)
+        args.run, args.fresh = run_name, False
+    try:
+        with logging_redirect_tqdm():
+            result = run(config, storage=storage, run_name=args.run, fresh=args.fresh)
+    finally:
+        codes = workers.wait(procs)
+    if any(codes):
+        log.warning("local workers exited with codes %s", codes)
     print(summary_table(result))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from tuner.pipeline import join
+
+    with logging_redirect_tqdm():
+        join(_storage_arg(args.storage), args.run, threads=args.threads, device=args.device)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tuner.status import status_table
+
+    table = status_table(_storage_arg(args.storage), args.run)
+    print(table.to_string(index=False) if len(table) else "no runs in this storage")
     return 0
 
 
@@ -76,7 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start over under a new run name instead of resuming")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine sharing the run (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per worker; default an equal share of the cores")
     p.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("worker", help="join a run as one more worker (any machine)")
+    w.add_argument("--storage", help=f"database URL; default $TUNER_STORAGE or {DEFAULT_STORAGE}")
+    w.add_argument("--run", help="the run to join; default the newest in the storage")
+    w.add_argument("--threads", type=int, default=0, help="torch CPU threads for this worker")
+    w.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    w.set_defaults(func=cmd_worker)
+
+    st = sub.add_parser("status", help="runs, their stages, trials and decisions, as a table")
+    st.add_argument("--storage", help=f"database URL; default $TUNER_STORAGE or {DEFAULT_STORAGE}")
+    st.add_argument("--run", help="only this run")
+    st.set_defaults(func=cmd_status)
     return parser
 
 

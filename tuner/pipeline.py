@@ -6,6 +6,7 @@ same call resumes an interrupted run. The storage alone is enough to carry on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -16,24 +17,30 @@ import optuna
 import torch
 from torch import nn
 
-from tuner.config import ConfigError, StudyConfig
+from tuner.config import ConfigError, StudyConfig, from_dict
 from tuner.data import Splits, load_splits
 from tuner.device import resolve_device
+from tuner.locks import storage_lock
 from tuner.models import build_model
 from tuner.stages import STAGES
 from tuner.stages.common import Context
 from tuner.storage import (
     CONFIG_ATTR,
     DEFAULT_STORAGE,
+    SCHEMA,
+    TOOL_ATTR,
     config_differences,
     fresh_run_name,
     get_decision,
     mask_url,
     open_storage,
     open_study,
+    run_names,
     set_decision,
     stored_config,
+    stored_tool,
 )
+from tuner.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -79,30 +86,65 @@ class RunConfigMismatch(ConfigError):
     pass
 
 
+class RunNotFound(ConfigError):
+    pass
+
+
+# Settings that may differ between workers and between a run and its resumption.
+RUNTIME_KEYS = frozenset({"train.device", "train.threads"})
+
+
 def _check_same_config(storage: optuna.storages.BaseStorage, run: str, config: StudyConfig
                        ) -> None:
     old = stored_config(storage, run)
     if old is None:
         return
-    diffs = config_differences(old, config.to_dict())
+    tool = stored_tool(storage, run) or {}
+    if tool.get("schema") != SCHEMA:
+        raise RunConfigMismatch(
+            f"run {run!r} was stored by tuner {tool.get('version', 'unknown')} (storage schema "
+            f"{tool.get('schema')}), which this tuner {__version__} (schema {SCHEMA}) cannot "
+            f"resume; start a new run with --fresh or --run NAME.")
+    diffs = [d for d in config_differences(old, config.to_dict()) if d not in RUNTIME_KEYS]
     if diffs:
         raise RunConfigMismatch(
             f"run {run!r} in this storage was started with other settings ({', '.join(diffs)}); "
             f"resume it with the same study file, or start a new run with --fresh or --run NAME.")
 
 
-def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | None = None,
-        fresh: bool = False, model_fn: Callable[[], nn.Module] | None = None,
-        splits: Splits | None = None) -> Result:
-    """Run (or resume) every stage of the pipeline and return the decisions.
-
-    ``model_fn`` and ``splits`` replace the built-in model and dataset named in ``config``.
-    """
-    rdb = open_storage(storage)
+def _prepare(rdb: optuna.storages.BaseStorage, config: StudyConfig, run_name: str | None,
+             fresh: bool) -> str:
+    """Name the run, refuse a resume with other settings, and record the settings and the
+    tool's version in the first stage's study (which makes the run joinable)."""
     run_name = run_name or config.name
     if fresh:
         run_name = fresh_run_name(rdb, run_name)
     _check_same_config(rdb, run_name, config)
+    with storage_lock(rdb, run_name):
+        study = open_study(rdb, run_name, STAGES[0].NAME)
+        if CONFIG_ATTR not in study.user_attrs:
+            study.set_user_attr(TOOL_ATTR, {"version": __version__, "schema": SCHEMA})
+            study.set_user_attr(CONFIG_ATTR, config.to_dict())
+    return run_name
+
+
+def prepare(config: StudyConfig, storage: str = DEFAULT_STORAGE, run_name: str | None = None,
+            fresh: bool = False) -> str:
+    """Create (or check) the run so that workers can join it; return its name."""
+    return _prepare(open_storage(storage), config, run_name, fresh)
+
+
+def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | None = None,
+        fresh: bool = False, model_fn: Callable[[], nn.Module] | None = None,
+        splits: Splits | None = None) -> Result:
+    """Run (or resume, or join as one more worker) every stage and return the decisions.
+
+    ``model_fn`` and ``splits`` replace the built-in model and dataset named in ``config``.
+    Any number of processes may call this with the same storage and run name at once: they
+    share each stage's trials and all reach the same decisions.
+    """
+    rdb = open_storage(storage)
+    run_name = _prepare(rdb, config, run_name, fresh)
     log.info("run %r in %s", run_name, mask_url(storage))
 
     if config.train.threads:
@@ -130,8 +172,33 @@ def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | 
         t0 = time.perf_counter()
         decision = stage.run(ctx, study)
         decision["seconds"] = time.perf_counter() - t0
-        set_decision(study, decision)
+        with storage_lock(rdb, study.study_name):
+            # Workers decide alike from the same trials; the first to record wins, the others
+            # adopt its record, so every worker starts the next stage from the same values.
+            decision = get_decision(optuna.load_study(study_name=study.study_name,
+                                                      storage=rdb)) or decision
+            set_decision(study, decision)
         ctx.decisions[stage.NAME] = decision
         log.info("[%d/%d] %s: %s (%.1f s)", index, len(STAGES), stage.NAME, decision["why"],
                  decision["seconds"])
     return Result(run_name, mask_url(storage), ctx.decisions)
+
+
+def join(storage: str = DEFAULT_STORAGE, run_name: str | None = None,
+         threads: int | None = None, device: str | None = None) -> Result:
+    """Join an existing run as one more worker, with the configuration stored in the run
+    (``threads`` and ``device`` may differ from worker to worker)."""
+    rdb = open_storage(storage)
+    names = run_names(rdb)
+    if run_name is None:
+        if not names:
+            raise RunNotFound(f"storage {mask_url(storage)!r} holds no run to join.")
+        run_name = names[-1]
+    stored = stored_config(rdb, run_name)
+    if stored is None:
+        raise RunNotFound(f"run {run_name!r} does not exist in {mask_url(storage)!r}; runs "
+                          f"there: {', '.join(names) or 'none'}.")
+    config = from_dict(StudyConfig, stored)
+    train = dataclasses.replace(config.train, threads=threads or config.train.threads,
+                                device=device or config.train.device)
+    return run(config.replace(train=train), storage=storage, run_name=run_name)

@@ -8,6 +8,8 @@ a run, inspect it in optuna-dashboard, or share it between workers.
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,13 @@ DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 DECISION_ATTR = "decision"
 CONFIG_ATTR = "config"
 STAGES = ("lr_range", "momentum", "weight_decay", "batch_size", "final")
+TOOL_ATTR = "tuner"  # {"version": ..., "schema": ...} of the tool that made the run
+SCHEMA = 1  # what a run stores; bump when stored attrs change meaning
+CONNECT_TIMEOUT_S = 5
+# A running trial records a heartbeat every HEARTBEAT_INTERVAL_S; one silent for longer than
+# HEARTBEAT_GRACE_S is failed by any other worker and its grid point handed back.
+HEARTBEAT_INTERVAL_S = 10
+HEARTBEAT_GRACE_S = 60
 
 
 class StorageError(RuntimeError):
@@ -42,19 +51,42 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
     except sqlalchemy.exc.ArgumentError:
         raise StorageError(f"storage URL {mask_url(url)!r} is not a database URL; expected e.g. "
                            f"{DEFAULT_STORAGE!r} or postgresql+psycopg://user@host/db.") from None
-    engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # Wait for a lock instead of failing when several processes write at once.
         engine_kwargs["connect_args"] = {"timeout": 60}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as exc:  # noqa: BLE001 -- driver errors vary; keep the first line, masked
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if parsed.password:
-            first = first.replace(str(parsed.password), "***")
-        raise StorageError(f"cannot open storage {mask_url(url)!r}: {first}") from None
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        # An unreachable server should fail in seconds, not after TCP's minutes of retries.
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=HEARTBEAT_GRACE_S)
+        except Exception as exc:  # noqa: BLE001 -- driver errors vary; one line, masked
+            if attempt < 2 and _lost_schema_race(exc):
+                time.sleep(0.5 + attempt)  # another worker is creating the tables right now
+                continue
+            _raise_storage_error(url, parsed, exc)
+    raise AssertionError("unreachable")
+
+
+def _lost_schema_race(exc: Exception) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("alembic_version", "already exists", "UNIQUE constraint",
+                                   "duplicate key"))
+
+
+def _raise_storage_error(url: str, parsed: sqlalchemy.engine.URL, exc: Exception) -> None:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if parsed.password:
+        first = first.replace(str(parsed.password), "***")
+    raise StorageError(f"cannot open storage {mask_url(url)!r}: {first}") from None
 
 
 def study_name(run: str, stage: str) -> str:
@@ -118,3 +150,22 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
                 list(b) if isinstance(b, list | tuple) else b):
             diffs.append(f"{prefix}{key}")
     return diffs
+
+
+def stored_tool(storage: optuna.storages.BaseStorage, run: str) -> dict[str, Any] | None:
+    """The ``{"version", "schema"}`` stamp of the tool that started ``run``, if any."""
+    try:
+        study = optuna.load_study(study_name=study_name(run, STAGES[0]), storage=storage)
+    except KeyError:
+        return None
+    return study.user_attrs.get(TOOL_ATTR, {"version": "unknown", "schema": None})
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials of a study by state: complete, pruned, running, waiting, failed."""
+    counts = dict.fromkeys(("complete", "pruned", "running", "waiting", "failed"), 0)
+    names = {"COMPLETE": "complete", "PRUNED": "pruned", "RUNNING": "running",
+             "WAITING": "waiting", "FAIL": "failed"}
+    for t in study.get_trials(deepcopy=False):
+        counts[names[t.state.name]] += 1
+    return counts

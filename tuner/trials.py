@@ -1,6 +1,7 @@
 """Running a stage's grid of trials so that a crash, a rerun or a second worker loses nothing.
 
-Each grid point is enqueued once as a WAITING trial with fixed parameters. A worker claims a
+Each grid point is enqueued once as a WAITING trial with fixed parameters (under a lock held in
+the storage, so that workers starting together do not enqueue it twice). A worker claims a
 WAITING trial by switching it to RUNNING in storage (an atomic update: only one worker wins),
 stamps it with its host and pid, and tells the outcome. A RUNNING trial whose process is gone
 (same host, dead pid; or a stale heartbeat where the storage keeps them) is marked FAIL and its
@@ -10,13 +11,15 @@ COMPLETE or PRUNED trial is never run twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import socket
+import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +27,8 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 from tqdm.auto import tqdm
+
+from tuner.locks import storage_lock
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +137,37 @@ def claim(study: optuna.Study) -> Trial | None:
     return None
 
 
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat from a background thread while the body runs, where the
+    storage keeps heartbeats; other workers fail the trial once the heartbeat goes stale."""
+    get_interval = getattr(storage, "get_heartbeat_interval", None)  # RDB storages have it
+    interval = get_interval() if get_interval is not None else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_trial(study: optuna.Study, trial: Trial, objective: Objective) -> TrialState:
     """Run ``objective`` and tell the outcome; an interrupt or error leaves the trial FAIL."""
     try:
-        value = objective(trial)
+        with heartbeat(study._storage, trial._trial_id):  # noqa: SLF001
+            value = objective(trial)
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
@@ -147,7 +179,7 @@ def run_trial(study: optuna.Study, trial: Trial, objective: Objective) -> TrialS
 
 
 def run_grid(study: optuna.Study, points: Sequence[Mapping[str, Any]], objective: Objective,
-             poll_s: float = 2.0, on_trial: Callable[[FrozenTrial], None] | None = None,
+             poll_s: float = 0.5, on_trial: Callable[[FrozenTrial], None] | None = None,
              ) -> list[FrozenTrial]:
     """Make sure every point of the grid has a COMPLETE or PRUNED trial; return those trials.
 
@@ -158,8 +190,9 @@ def run_grid(study: optuna.Study, points: Sequence[Mapping[str, Any]], objective
     bar = tqdm(total=len(points), desc=study.study_name, unit="trial", leave=False, disable=None)
     with bar:
         while True:
-            reap_orphans(study)
-            enqueue_pending(study, points)
+            with storage_lock(study._storage, study.study_name):  # noqa: SLF001
+                reap_orphans(study)
+                enqueue_pending(study, points)
             bar.n = len(study.get_trials(deepcopy=False, states=DONE))
             bar.refresh()
             trial = claim(study)

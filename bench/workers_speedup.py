@@ -1,0 +1,80 @@
+"""How much faster do 2 local workers finish the momentum + weight-decay stages than 1?
+
+Runs the MNIST-1D study twice in this one script, with ``tuner run --workers 1 --threads 1``
+and ``tuner run --workers 2 --threads 1``, each into its own fresh SQLite file, and measures
+from the storage the wall-clock span of the two stages: from the first momentum trial's start
+to the last weight-decay trial's end. Pruning is switched off so that both runs train the same
+trials; the batch-size and final stages are cut to the minimum (they are not measured).
+
+    .venv/bin/python bench/workers_speedup.py [--epochs 20] [--storage-dir /tmp]
+
+Run it on an otherwise idle machine with at least 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+STUDY = """
+name = "speedup"
+[momentum]
+epochs = {epochs}
+[weight_decay]
+epochs = {epochs}
+[pruner]
+warmup_fraction = 1.0
+[batch_size]
+values = [128]
+budget_s = 0.5
+range_test_iters = 300
+[final]
+epochs = 1
+seeds = [0]
+"""
+
+
+def stage_span(url: str, run: str) -> tuple[float, int]:
+    """Seconds from the first momentum trial's start to the last weight-decay trial's end."""
+    trials = []
+    for stage in ("momentum", "weight_decay"):
+        study = optuna.load_study(study_name=f"{run}/{stage}", storage=url)
+        trials += study.get_trials(states=(optuna.trial.TrialState.COMPLETE,
+                                           optuna.trial.TrialState.PRUNED))
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials)
+    return (end - start).total_seconds(), len(trials)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per momentum/WD trial")
+    parser.add_argument("--storage-dir", default=None)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = Path(args.storage_dir or tempfile.mkdtemp(prefix="tuner-speedup-"))
+    study_file = folder / "speedup.toml"
+    study_file.write_text(STUDY.format(epochs=args.epochs))
+
+    spans = {}
+    for workers in (1, 2):
+        url = f"sqlite:///{folder}/workers{workers}-{time.time_ns()}.db"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "tuner.cli", "-q", "run", str(study_file),
+                        "--storage", url, "--workers", str(workers), "--threads", "1"],
+                       check=True, stdout=subprocess.DEVNULL)
+        spans[workers], n = stage_span(url, "speedup")
+        print(f"{workers} worker(s), 1 thread each: momentum + weight decay took "
+              f"{spans[workers]:.1f} s for {n} trials (whole run {time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    print(f"speed-up of 2 workers over 1: {spans[1] / spans[2]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
