@@ -75,9 +75,12 @@ def test_storage_lock_excludes_other_holders(backend: str, tmp_path: Path, reque
         f"sqlite:///{tmp_path}/t.db"
     spans: list[tuple[float, float]] = []
 
+    optuna.create_study(storage=open_storage(url), study_name="run/stage")
+
     def hold() -> None:
-        storage = open_storage(url)  # each worker its own connection pool
-        with storage_lock(storage, "run/stage"):
+        # each worker its own connection pool; a study's storage, as run_grid passes it
+        study = optuna.load_study(study_name="run/stage", storage=open_storage(url))
+        with storage_lock(study._storage, "run/stage"):
             t0 = time.monotonic()
             time.sleep(0.2)
             spans.append((t0, time.monotonic()))
@@ -101,7 +104,7 @@ def test_workers_enqueueing_together_enqueue_each_point_once(pg_url: str) -> Non
         storage = open_storage(pg_url)
         study = optuna.load_study(study_name="r/momentum", storage=storage)
         barrier.wait()
-        with storage_lock(storage, study.study_name):
+        with storage_lock(study._storage, study.study_name):
             enqueue_pending(study, points)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]

@@ -26,7 +26,9 @@ def _key(name: str) -> int:
 @contextlib.contextmanager
 def storage_lock(storage: optuna.storages.BaseStorage, name: str) -> Iterator[None]:
     """Hold the lock ``name`` in ``storage`` (blocking) for the ``with`` body."""
-    engine = getattr(storage, "engine", None)
+    # A study's storage is Optuna's cache in front of the RDB storage: lock the one behind it.
+    backend_storage = getattr(storage, "_backend", storage)
+    engine = getattr(backend_storage, "engine", None)
     if engine is None:  # in-memory storage: one process, nothing to lock
         yield
         return
