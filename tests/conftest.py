@@ -4,9 +4,12 @@ the whole pipeline in seconds on a CPU."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+import tuner
 from tuner.config import (
     BatchSizeConfig,
     DataConfig,
@@ -38,3 +41,20 @@ def tiny_config(**changes: object) -> StudyConfig:
 @pytest.fixture(scope="session")
 def mnist1d_splits() -> Splits:
     return load_splits(DataConfig())
+
+
+class TinyRun(NamedTuple):
+    url: str
+    path: Path  # the SQLite file
+    run: str
+    result: tuner.Result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, mnist1d_splits: Splits) -> TinyRun:
+    """One finished tiny run in a SQLite file, shared by the report, dashboard and notebook
+    tests. Read it only: copy the file (``shutil.copy``) before changing anything."""
+    path = tmp_path_factory.mktemp("tiny_run") / "tuner.db"
+    url = f"sqlite:///{path}"
+    result = tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
+    return TinyRun(url, path, result.run, result)

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -177,69 +172,5 @@ def test_changed_settings_on_resume_are_refused(tmp_path: Path, mnist1d_splits) 
     fresh = tuner.run(tiny_config(), storage=url, splits=mnist1d_splits, fresh=True)
     assert fresh.run == "tiny-2"
 
-
-TINY_TOML = """
-name = "tiny"
-[train]
-batch_size = 64
-threads = 1
-[lr_range]
-start_lr = 1e-2
-num_iters = 300
-eval_every = 10
-repeats = 1
-[momentum]
-values = [0.95, 0.9]
-epochs = 3
-[weight_decay]
-values = [1e-3, 1e-4, 1e-5, 0.0]
-epochs = 25
-[batch_size]
-values = [64, 128]
-budget_s = 0.4
-range_test_iters = 300
-reports = 3
-[final]
-epochs = 3
-seeds = [0]
-"""
-
-
-def test_sigkill_during_weight_decay_then_rerun_completes(tmp_path: Path) -> None:
-    study_file = tmp_path / "tiny.toml"
-    study_file.write_text(TINY_TOML)
-    url = f"sqlite:///{tmp_path}/t.db"
-    cmd = [sys.executable, "-m", "tuner.cli", "-q", "run", str(study_file), "--storage", url]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    storage = open_storage(url)
-    deadline = time.monotonic() + 120
-    killed_in: list[tuple] = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            wd = optuna.load_study(study_name="tiny/weight_decay", storage=storage)
-        except KeyError:
-            time.sleep(0.1)
-            continue
-        done = wd.get_trials(states=(TrialState.COMPLETE,))
-        running = wd.get_trials(states=(TrialState.RUNNING,))
-        if done and running and running[0].intermediate_values:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed_in = [tuple(sorted(trial_params(t).items())) for t in running]
-            break
-        time.sleep(0.05)
-    assert killed_in, f"never caught a running weight-decay trial: {proc.stderr.read()!r}"
-    before = completed_points(optuna.load_study(study_name="tiny/weight_decay", storage=url))
-
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "test accuracy" in rerun.stdout
-    wd = optuna.load_study(study_name="tiny/weight_decay", storage=url)
-    after = completed_points(wd)
-    assert set(after.values()) == {1}  # one finished trial per grid point
-    assert len(after) == 4
-    assert all(after[p] == 1 for p in before)  # completed before the kill: not run again
-    failed = [tuple(sorted(trial_params(t).items()))
-              for t in wd.get_trials(states=(TrialState.FAIL,))]
-    assert failed == killed_in  # the cut-off trial was marked FAIL and its point rerun
+# SIGKILL at any moment (the range test, each grid stage, final training) and the rerun that
+# completes: tests/test_workers.py::test_sigkill_at_five_moments_each_rerun_completes.

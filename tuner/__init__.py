@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from tuner.api import tune
 from tuner.config import ConfigError, StudyConfig, load_study
 from tuner.pipeline import Result, run
 from tuner.version import __version__
 
-__all__ = ["ConfigError", "Result", "StudyConfig", "load_study", "run", "__version__"]
+__all__ = ["ConfigError", "Result", "StudyConfig", "load_study", "run", "tune", "__version__"]

@@ -1,4 +1,4 @@
-"""Command line: ``tuner run | worker | status`` (see ``tuner --help``)."""
+"""Command line: ``tuner run | worker | status | report | dashboard`` (see ``tuner --help``)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ def _storage_arg(value: str | None) -> str:
     return value or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE
 
 
-def summary_table(result) -> str:  # noqa: ANN001 -- tuner.pipeline.Result
-    """The end-of-run table: the chosen values and the final test score."""
+def summary_table(result, report: str | None = None) -> str:  # noqa: ANN001 -- pipeline.Result
+    """The end-of-run table: the chosen values, the final test score and where the report is."""
     d = result.decisions
     final = d["final"]
+    split = final.get("scored_on", "test")  # "val" when the data has no test split
+    label = "test" if split == "test" else "validation"
     rows = [
         ("run", result.run),
         ("storage", result.storage),
@@ -36,11 +38,13 @@ def summary_table(result) -> str:  # noqa: ANN001 -- tuner.pipeline.Result
         ("batch size", f"{d['batch_size']['batch_size']}"),
         ("LR range at that batch size", f"{result.min_lr:.3g} - {result.max_lr:.3g}"),
         ("final training", f"1cycle, {final['epochs']} epochs, seeds {final['seeds']}"),
-        ("test accuracy", f"{100 * final['test_accuracy']:.2f}% "
-                          f"± {100 * final['test_accuracy_sd']:.2f}"),
-        ("test loss", f"{final['test_loss']:.4f}"),
+        (f"{label} accuracy", f"{100 * final[f'{split}_accuracy']:.2f}% "
+                              f"± {100 * final[f'{split}_accuracy_sd']:.2f}"),
+        (f"{label} loss", f"{final[f'{split}_loss']:.4f}"),
         ("time per stage", ", ".join(f"{k} {v.get('seconds', 0):.0f}s" for k, v in d.items())),
     ]
+    if report:
+        rows.append(("report", report))
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
     return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
@@ -76,7 +80,55 @@ def cmd_run(args: argparse.Namespace) -> int:
         codes = workers.wait(procs)
     if any(codes):
         log.warning("local workers exited with codes %s", codes)
-    print(summary_table(result))
+    print(summary_table(result, report=_end_of_run_report(storage, result.run, args.report)))
+    return 0
+
+
+def _end_of_run_report(storage: str, run: str, path: Path | None) -> str:
+    """Write the run's report; where it is, or why not (a report never fails a run)."""
+    from tuner.report import write_report
+
+    try:
+        return str(write_report(storage, run, path))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not write the report (%s: %s); try `tuner report --run %s`",
+                    type(exc).__name__, exc, run)
+        return "not written (see the warning above)"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tuner.report import write_report
+    from tuner.report_data import open_existing_storage, resolve_run, write_csv
+
+    storage = open_existing_storage(_storage_arg(args.storage))
+    run = resolve_run(storage, args.run)
+    path = write_report(storage, run, args.output)
+    print(f"report of run {run!r}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if args.csv is not None:
+        for table in write_csv(storage, run, args.csv):
+            print(f"table: {table}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from tuner.dashboard import dashboard_url, make_dashboard_server
+    from tuner.storage import mask_url
+
+    storage = _storage_arg(args.storage)
+    try:
+        server = make_dashboard_server(storage, args.host, args.port, args.artifact_dir)
+    except OSError as exc:
+        print(f"tuner: error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    print(f"optuna-dashboard on {mask_url(storage)}: {dashboard_url(server)} "
+          f"(Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -114,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes on this machine sharing the run (default 1)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads per worker; default an equal share of the cores")
+    p.add_argument("--report", type=Path, metavar="PATH",
+                   help="where to write the run's HTML report; default reports/RUN.html beside "
+                        "a SQLite file, else under the working directory")
     p.set_defaults(func=cmd_run)
 
     w = sub.add_parser("worker", help="join a run as one more worker (any machine)")
@@ -127,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--storage", help=f"database URL; default $TUNER_STORAGE or {DEFAULT_STORAGE}")
     st.add_argument("--run", help="only this run")
     st.set_defaults(func=cmd_status)
+
+    r = sub.add_parser("report", help="one self-contained HTML file with every stage's plots")
+    r.add_argument("--storage", help=f"database URL; default $TUNER_STORAGE or {DEFAULT_STORAGE}")
+    r.add_argument("--run", help="the run to report; default the newest in the storage")
+    r.add_argument("-o", "--output", type=Path, metavar="PATH",
+                   help="the HTML file; default reports/RUN.html beside a SQLite file, else "
+                        "under the working directory")
+    r.add_argument("--csv", type=Path, metavar="DIR",
+                   help="also write every trial of every stage as CSV tables under DIR")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("dashboard", help="optuna-dashboard on the storage, with each stage's "
+                                         "decision as a note")
+    d.add_argument("--storage", help=f"database URL; default $TUNER_STORAGE or {DEFAULT_STORAGE}")
+    d.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
+    d.add_argument("--artifact-dir", type=Path, metavar="DIR",
+                   help="artifact store (the range test image); default artifacts/ beside a "
+                        "SQLite file, else under the working directory")
+    d.set_defaults(func=cmd_dashboard)
     return parser
 
 

@@ -45,21 +45,59 @@ def _fraction(section: str, **values: float) -> None:
         _check(0 < value < 1, f"{section}.{key} must be in (0, 1), but got {key}={value!r}.")
 
 
+AUGMENTS = ("auto", "none", "cifar")
+NORMALIZES = ("auto", "none", "channel")
+HOLDS = ("auto", "tensor", "loader")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Which dataset, and how the validation split is carved from the training split."""
+    """Which dataset, and how the validation split is carved from the training split.
+
+    ``name`` is a built-in name (``tuner.data.DATASETS``), ``npz:PATH`` (arrays ``x``, ``y``) or
+    ``imagefolder:PATH``. Paths are relative to the working directory.
+    """
 
     name: str = "mnist1d"
     val_fraction: float = 0.2  # of the training split; the test split is used only at the end
     split_seed: int = 0
+    root: str = "data"  # torchvision datasets (cifar10, cifar100, mnist) live here
+    download: bool = False  # let torchvision download into root (needs a network)
+    test_path: str = ""  # npz: / imagefolder: the test split's file or folder ("" = none)
+    train_subset: int = 0  # use this many training samples (a seeded random subset); 0 = all
+    num_classes: int = 0  # labels must lie in [0, num_classes); 0 = max label + 1
+    augment: str = "auto"  # auto (cifar for cifar10/cifar100) | none | cifar (crop + flip)
+    normalize: str = "auto"  # auto (channel for images and uint8 data) | none | channel
+    image_size: int = 0  # imagefolder: resize + center-crop to this size; 0 = as stored
+    hold: str = "auto"  # auto (one tensor if it fits, else a DataLoader) | tensor | loader
+    workers: int = 2  # DataLoader worker processes, when the data is held by a loader
 
     def __post_init__(self) -> None:
         _fraction("data", val_fraction=self.val_fraction)
+        for key, value, valid in [("augment", self.augment, AUGMENTS),
+                                  ("normalize", self.normalize, NORMALIZES),
+                                  ("hold", self.hold, HOLDS)]:
+            _check(value in valid, f"data.{key} must be one of {', '.join(valid)}, but got "
+                   f"{key}={value!r}.")
+        for key in ("train_subset", "num_classes", "image_size", "workers"):
+            value = getattr(self, key)
+            _check(value >= 0, f"data.{key} must be >= 0, but got {key}={value!r}.")
+        _check(self.num_classes != 1, "data.num_classes must be 0 (from the labels) or >= 2, "
+               f"but got num_classes={self.num_classes!r}.")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A built-in network (``tuner.models.MODELS``) or ``"package.module:factory"``: a callable
+    returning an ``nn.Module``, called with ``kwargs`` (and ``num_classes`` if it takes one)."""
+
     name: str = "mnist1d_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # [model.kwargs] in a study file
+    path: str = ""  # folder a module:factory is imported from; load_study sets the file's own
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.kwargs, Mapping), f"model.kwargs must be a table, but got "
+               f"kwargs={self.kwargs!r}.")
 
 
 @dataclass(frozen=True)
@@ -225,15 +263,13 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         # Imported here: the registries import torch, which the config module need not.
-        from tuner.data import DATASETS
-        from tuner.models import MODELS
+        from tuner.models import resolve_model
+        from tuner.sources import check_source
 
         _check(bool(self.name) and "/" not in self.name,
                f"name must be a non-empty string without '/', but got name={self.name!r}.")
-        _check(self.data.name in DATASETS, f"unknown dataset data.name={self.data.name!r}; "
-               f"valid: {', '.join(sorted(DATASETS))}.")
-        _check(self.model.name in MODELS, f"unknown model model.name={self.model.name!r}; "
-               f"valid: {', '.join(sorted(MODELS))}.")
+        check_source(self.data)  # a built-in name, or npz:/imagefolder: paths that exist
+        resolve_model(self.model)  # a built-in name, or a module:factory that imports
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,6 +306,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is str:
         _check(isinstance(value, str), f"{key} must be a string, but got {key}={value!r}.")
         return value
+    if origin is dict:
+        _check(isinstance(value, Mapping), f"{key} must be a table, but got {key}={value!r}.")
+        return dict(value)
     return value
 
 
@@ -304,4 +343,9 @@ def load_study(path: str | Path) -> StudyConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"study file {str(path)!r} is not valid TOML: {exc}.") from None
     table.setdefault("name", path.stem)
+    model = table.get("model")
+    if isinstance(model, dict) and ":" in str(model.get("name", "")) and not model.get("path"):
+        # A module:factory is imported from the study file's folder (recorded, so that a worker
+        # rebuilding the configuration from storage finds it too).
+        table["model"] = {**model, "path": str(path.resolve().parent)}
     return from_dict(StudyConfig, table)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tuner.config import LRRangeConfig
-from tuner.data import TensorData
+from tuner.data import Data
 from tuner.schedules import LRMomentum, range_test_lr
 from tuner.train import Diverged, evaluate, fit
 
@@ -211,8 +211,8 @@ class _Stop(Exception):
     pass
 
 
-def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorData,
-               val: TensorData, cfg: LRRangeConfig, batch_size: int, *,
+def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, train: Data,
+               val: Data, cfg: LRRangeConfig, batch_size: int, *,
                num_iters: int | None = None, eval_batch_size: int = 2048,
                on_eval: Callable[[int, float, float], None] | None = None,
                generator: torch.Generator | None = None) -> RangeCurve:

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from tuner.config import ConfigError, StudyConfig, from_dict
+from tuner.dashboard import annotate_stage
 from tuner.data import Splits, load_splits
 from tuner.device import resolve_device
 from tuner.locks import storage_lock
-from tuner.models import build_model
+from tuner.models import model_factory
 from tuner.stages import STAGES
 from tuner.stages.common import Context
 from tuner.storage import (
@@ -74,12 +75,19 @@ class Result:
         return self.decisions["batch_size"]["batch_size"]
 
     @property
-    def test_accuracy(self) -> float:
-        return self.decisions["final"]["test_accuracy"]
+    def test_accuracy(self) -> float | None:
+        """Mean over the final seeds; None when the data had no test split."""
+        return self.decisions["final"].get("test_accuracy")
 
     @property
-    def test_loss(self) -> float:
-        return self.decisions["final"]["test_loss"]
+    def test_loss(self) -> float | None:
+        return self.decisions["final"].get("test_loss")
+
+    @property
+    def accuracy(self) -> float:
+        """The final score: test accuracy, or validation accuracy without a test split."""
+        final = self.decisions["final"]
+        return final[f"{final.get('scored_on', 'test')}_accuracy"]
 
 
 class RunConfigMismatch(ConfigError):
@@ -143,17 +151,17 @@ def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | 
     Any number of processes may call this with the same storage and run name at once: they
     share each stage's trials and all reach the same decisions.
     """
-    rdb = open_storage(storage)
-    run_name = _prepare(rdb, config, run_name, fresh)
-    log.info("run %r in %s", run_name, mask_url(storage))
-
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
-    splits = (splits or load_splits(config.data)).to(device)
+    # The data is read and checked before the storage is touched: a bad file stores nothing.
+    splits = splits.to(device) if splits is not None else load_splits(config.data, device)
     if model_fn is None:
-        def model_fn() -> nn.Module:
-            return build_model(config.model.name, splits.num_classes)
+        model_fn = model_factory(config.model, splits.num_classes)
+
+    rdb = open_storage(storage)
+    run_name = _prepare(rdb, config, run_name, fresh)
+    log.info("run %r in %s", run_name, mask_url(storage))
     ctx = Context(config, splits, model_fn, device, rdb, run_name)
 
     for index, stage in enumerate(STAGES, start=1):
@@ -178,6 +186,7 @@ def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | 
             decision = get_decision(optuna.load_study(study_name=study.study_name,
                                                       storage=rdb)) or decision
             set_decision(study, decision)
+        annotate_stage(study, stage.NAME, decision, device)  # dashboard note; never raises
         ctx.decisions[stage.NAME] = decision
         log.info("[%d/%d] %s: %s (%.1f s)", index, len(STAGES), stage.NAME, decision["why"],
                  decision["seconds"])

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import optuna
 import pandas as pd
 
 from tuner.pipeline import RunNotFound
+from tuner.report_data import decision_text
 from tuner.storage import STAGES, get_decision, open_storage, run_names, study_name, trial_counts
-
-
-def short_decision(stage: str, d: dict[str, Any] | None) -> str:
-    """A few words for a stage's decision ('' while it has none)."""
-    if d is None:
-        return ""
-    if stage == "lr_range":
-        return f"LR {d['min_lr']:.3g} - {d['max_lr']:.3g}"
-    if stage == "momentum":
-        return f"momentum {d['max_momentum']:g} -> {d['min_momentum']:g}"
-    if stage == "weight_decay":
-        return f"weight decay {d['weight_decay']:g}"
-    if stage == "batch_size":
-        return f"batch {d['batch_size']} (LR {d['min_lr']:.3g} - {d['max_lr']:.3g})"
-    if stage == "final":
-        return (f"test accuracy {100 * d['test_accuracy']:.2f}% "
-                f"± {100 * d.get('test_accuracy_sd', 0.0):.2f}")
-    return str(d)
 
 
 def status_table(storage: str, run: str | None = None) -> pd.DataFrame:
@@ -50,7 +31,7 @@ def status_table(storage: str, run: str | None = None) -> pd.DataFrame:
             busy = counts["running"] or counts["waiting"]
             state = "done" if decision else "running" if busy else "pending"
             rows.append({"run": name, "stage": stage, "state": state, **counts,
-                         "decision": short_decision(stage, decision)})
+                         "decision": decision_text(stage, decision) if decision else ""})
     columns = ["run", "stage", "state", "complete", "pruned", "running", "waiting", "failed",
                "decision"]
     table = pd.DataFrame(rows, columns=columns)

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tuner.data import TensorData, batches
-from tuner.device import autocast, synchronize
+from tuner.data import Data, batches, eval_batches
+from tuner.device import autocast, input_format, synchronize
 from tuner.schedules import LRMomentum
 
 
@@ -36,16 +36,18 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, batch_size: int = 2048) -> Evaluation:
+def evaluate(model: nn.Module, data: Data, batch_size: int = 2048) -> Evaluation:
     """Mean cross-entropy and accuracy over ``data``, in large batches without gradients."""
     was_training = model.training
     model.eval()
-    device = data.x.device
+    device = data.device
+    memory_format = input_format(model, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     with autocast(device):
-        for i in range(0, len(data), batch_size):
-            x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+        for x, y in eval_batches(data, batch_size):
+            if memory_format is not None and x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
             out = model(x).float()
             loss_sum += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
@@ -80,7 +82,7 @@ class FitResult:
     train_seconds: float  # optimizer steps only; callbacks (evaluation) are not counted
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorData, *,
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data, *,
         total_steps: int, batch_size: int, schedule: Schedule, eval_every: int,
         on_eval: EvalCallback, on_step: StepCallback | None = None,
         generator: torch.Generator | None = None) -> FitResult:
@@ -91,18 +93,21 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorData, *,
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, but got {total_steps=}.")
-    device = data.x.device
+    device = data.device
+    memory_format = input_format(model, device)  # channels_last for conv nets on CUDA
     model.train()
     step, train_seconds = 0, 0.0
     loss_sum, loss_count = torch.zeros((), device=device), 0
     synchronize(device)
     t0 = time.perf_counter()
     while step < total_steps:
-        for batch in batches(data, batch_size, generator):
+        for x, y in batches(data, batch_size, generator):
             lr, momentum = schedule(step)
             set_hparams(optimizer, lr, momentum)
+            if memory_format is not None and x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
             with autocast(device):
-                loss = F.cross_entropy(model(batch.x).float(), batch.y)
+                loss = F.cross_entropy(model(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -130,7 +135,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorData, *,
     return FitResult(step, train_seconds)
 
 
-def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorData,
+def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data,
                        batch_size: int, min_seconds: float = 0.5, warmup_steps: int = 5,
                        generator: torch.Generator | None = None) -> float:
     """Training steps per second of ``fit`` at ``batch_size``, after a warm-up (the caller's

@@ -4,10 +4,14 @@ Each candidate gets its own LR range from a short range test (larger batches tol
 LRs: the paper's Fig. 6), its throughput is measured, and its 1cycle schedule is sized so the
 whole cycle fits in ``budget_s`` seconds of training. Validation loss is reported at equal
 fractions of the budget, so the pruner and the decision compare sizes at equal time.
+
+A size that runs out of device memory is marked infeasible (user attr ``infeasible``), pruned
+and skipped with a message; the other sizes carry on.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from typing import Any
@@ -15,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import Trial
 
+from tuner.device import is_out_of_memory, release_memory
 from tuner.lr_range import NoUsableMinimum, decide_range
 from tuner.stages.common import Context, HParams, decide_grid, one_cycle_run
 from tuner.stages.lr_range import run_range_test
@@ -46,6 +51,22 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
                     [b for b in bcfg.values if b > len(train)], len(train))
 
     def objective(trial: Trial) -> float:
+        try:
+            return measure(trial)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            error = str(exc).strip().splitlines()[0]
+        # Outside the except block the failed step's tensors are garbage: free them now.
+        gc.collect()
+        release_memory(ctx.device)
+        bs = trial.params["batch_size"]
+        message = f"batch size {bs} does not fit in memory on {ctx.device} ({error})"
+        trial.set_user_attr("infeasible", message)
+        log.warning("%s: infeasible, skipped", message)
+        raise optuna.TrialPruned(message)
+
+    def measure(trial: Trial) -> float:
         bs = trial.suggest_categorical("batch_size", sizes)
         curve = run_range_test(ctx, trial, bs, num_iters=bcfg.range_test_iters, prefix="range_")
         try:

@@ -14,7 +14,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from torch import nn
 
 from tuner.config import StudyConfig
-from tuner.data import Splits, TensorData
+from tuner.data import Data, Splits
+from tuner.device import prepare_model
 from tuner.pruners import MarginPruner
 from tuner.schedules import one_cycle
 from tuner.train import Diverged, evaluate, fit, make_sgd
@@ -42,7 +43,7 @@ class Context:
 
     def new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return self.model_fn().to(self.device)
+        return prepare_model(self.model_fn(), self.device)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -66,7 +67,7 @@ class HParams:
 
 
 def one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
-                  eval_every: int, seed: int, train: TensorData, val: TensorData | None,
+                  eval_every: int, seed: int, train: Data, val: Data | None,
                   prune: bool = True) -> RunResult:
     """Train a fresh model with 1cycle; report validation loss every ``eval_every`` steps.
 
@@ -120,6 +121,8 @@ def describe_trial(t: FrozenTrial) -> str:
         return f"{t.value:.4g}"
     if "diverged" in t.user_attrs:
         return "diverged"
+    if "infeasible" in t.user_attrs:
+        return "out of memory"
     return f"pruned at report {t.user_attrs.get('pruned_at', t.last_step)}"
 
 

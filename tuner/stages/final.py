@@ -1,5 +1,9 @@
 """Stage 5: final 1cycle training with the chosen values on train + validation, one trial per
-seed, each scored once on the test split."""
+seed, each scored once on the test split.
+
+Without a test split (``npz:`` data without a test file, ``tuner.tune`` without ``test_set``)
+the final training uses the training split only and is scored on the validation split: the
+decision then holds ``val_accuracy`` and ``val_loss`` instead of ``test_*``."""
 
 from __future__ import annotations
 
@@ -30,7 +34,10 @@ def hparams(ctx: Context) -> HParams:
 def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     cfg = ctx.config
     hp = hparams(ctx)
-    train = concat(ctx.splits.train, ctx.splits.val)
+    if ctx.splits.test is not None:
+        train, scored, split = concat(ctx.splits.train, ctx.splits.val), ctx.splits.test, "test"
+    else:
+        train, scored, split = ctx.splits.train, ctx.splits.val, "val"
     per_epoch = epoch_steps(len(train), hp.batch_size)
 
     def objective(trial: Trial) -> float:
@@ -39,26 +46,30 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
                                eval_every=per_epoch, seed=seed, train=train, val=None,
                                prune=False)
         last = result.last
-        test = evaluate(result.model, ctx.splits.test, cfg.train.eval_batch_size)
-        trial.set_user_attr("test_loss", test.loss)
-        trial.set_user_attr("test_accuracy", test.accuracy)
+        score = evaluate(result.model, scored, cfg.train.eval_batch_size)
+        trial.set_user_attr(f"{split}_loss", score.loss)
+        trial.set_user_attr(f"{split}_accuracy", score.accuracy)
         trial.set_user_attr("train_seconds", last["seconds"])
-        log.info("final training, seed %d: %d epochs in %.1f s, test accuracy %.2f%%, loss %.4f",
-                 seed, cfg.final.epochs, last["seconds"], 100 * test.accuracy, test.loss)
-        return test.accuracy
+        log.info("final training, seed %d: %d epochs in %.1f s, %s accuracy %.2f%%, loss %.4f",
+                 seed, cfg.final.epochs, last["seconds"], split, 100 * score.accuracy,
+                 score.loss)
+        return score.accuracy
 
     trials = run_grid(study, [{"seed": s} for s in cfg.final.seeds], objective)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    accs = [t.user_attrs["test_accuracy"] for t in done]
-    losses = [t.user_attrs["test_loss"] for t in done]
+    accs = [t.user_attrs[f"{split}_accuracy"] for t in done]
+    losses = [t.user_attrs[f"{split}_loss"] for t in done]
+    trained_on = "train + validation" if split == "test" else "train (no test split)"
+    scored_name = "test" if split == "test" else "validation"
     return {
-        "test_accuracy": statistics.fmean(accs),
-        "test_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "test_loss": statistics.fmean(losses),
+        f"{split}_accuracy": statistics.fmean(accs),
+        f"{split}_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        f"{split}_loss": statistics.fmean(losses),
+        "scored_on": split,
         "seeds": [t.params["seed"] for t in done],
-        "test_accuracies": accs,
+        f"{split}_accuracies": accs,
         "epochs": cfg.final.epochs,
         **hp.__dict__,
-        "why": f"1cycle for {cfg.final.epochs} epochs on train + validation, "
-               f"{len(done)} seed(s), scored once on the test split",
+        "why": f"1cycle for {cfg.final.epochs} epochs on {trained_on}, "
+               f"{len(done)} seed(s), scored once on the {scored_name} split",
     }

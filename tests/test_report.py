@@ -1,0 +1,159 @@
+"""tuner.report: the figures, the self-contained HTML page, the CLI, and the page drawn in a
+headless Chromium (every figure drew, no JavaScript error; a screenshot is kept)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main
+from tuner.report import figures, range_test_figure, render_html, write_report
+from tuner.report_data import load_run
+from tuner.report_svg import range_test_svg
+from tuner.storage import STAGES, open_storage, open_study
+
+from .conftest import TinyRun
+
+MAX_REPORT_BYTES = 5_000_000
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def test_every_stage_has_its_figure(tiny_run: TinyRun) -> None:
+    info = load_run(tiny_run.url)
+    drawn = figures(info)
+    assert [stage for stage, _, _ in drawn] == list(STAGES)
+    assert all(why for _, why, _ in drawn)
+    figs = {stage: fig for stage, _, fig in drawn}
+
+    rt = figs["lr_range"]
+    names = [t.name for t in rt.data]
+    assert rt.layout.xaxis.type == "log"
+    assert any(n.startswith("chosen range") for n in names)
+    assert "validation loss" in names and "training loss (smoothed)" in names
+    assert sum(n.startswith("suggestion:") for n in names) == len(info.range_test.suggestions)
+    for stage in ("momentum", "weight_decay"):
+        chosen = [t for t in figs[stage].data if t.name and t.name.endswith("(chosen)")]
+        assert len(chosen) == 1 and chosen[0].line.width == 4
+    sizes = [t for t in figs["batch_size"].data if t.showlegend is not False]
+    assert len(sizes) == len(info.batch_size.trials)
+    final_names = [t.name for t in figs["final"].data]
+    assert "learning rate" in final_names and "momentum" in final_names
+
+
+def test_range_test_figure_marks_where_the_test_diverged(tiny_run: TinyRun) -> None:
+    info = load_run(tiny_run.url).range_test
+    stopped = info.__class__(**{**info.__dict__, "stop_lr": info.lrs[-1], "stop_loss": 3.0,
+                                "stop_reason": "smoothed training loss 9 exceeded 4 x 2"})
+    fig = range_test_figure(stopped)
+    (mark,) = [t for t in fig.data if t.name and t.name.startswith("stopped at LR")]
+    assert mark.marker.symbol == "x" and "exceeded" in mark.hovertemplate
+    svg = range_test_svg(stopped)
+    root = ET.fromstring(svg)  # well-formed
+    assert root.tag.endswith("svg") and "stopped at" in svg and "exceeded" in svg
+    assert svg.count("<polyline") >= 2
+
+
+def test_report_page_is_self_contained_and_small(tiny_run: TinyRun, tmp_path: Path) -> None:
+    path = write_report(tiny_run.url, path=tmp_path / "r.html")
+    page = path.read_text()
+    assert path.stat().st_size < MAX_REPORT_BYTES
+    assert page.count('class="plotly-graph-div"') == len(STAGES)
+    assert page.count("<script") == 1 + len(STAGES)  # plotly.js once, then one per figure
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)  # no fetches
+    d = tiny_run.result.decisions
+    for text in [f"batch size {d['batch_size']['batch_size']}",
+                 f"weight decay {d['weight_decay']['weight_decay']:g}",
+                 f"{100 * d['final']['test_accuracy']:.2f}%", "Study configuration",
+                 "Environment", "torch"]:
+        assert text in page, text
+
+
+def test_report_of_a_run_cut_short(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
+    open_study(storage, "r", "lr_range")
+    page = render_html(load_run(storage))
+    assert "not started" in page and 'class="plotly-graph-div"' not in page
+
+
+def test_cli_report_and_csv(tiny_run: TinyRun, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report.html"
+    code = main(["-q", "report", "--storage", tiny_run.url, "-o", str(out), "--csv",
+                 str(tmp_path / "csv")])
+    assert code == 0 and out.is_file()
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "trials.csv" in printed
+    assert (tmp_path / "csv" / "trials.csv").is_file()
+
+
+def test_cli_report_errors_are_one_line(tiny_run: TinyRun, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--storage", tiny_run.url, "--run", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "tuner: error: no run 'nope' in the storage; runs: tiny."
+    missing = tmp_path / "missing.db"
+    assert main(["report", "--storage", f"sqlite:///{missing}"]) == 2
+    assert "no such database file" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_end_of_run_summary_says_where_the_report_is(
+        tiny_run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "tuner.db"
+    shutil.copy(tiny_run.path, db)
+    monkeypatch.setattr("tuner.pipeline.run", lambda *_a, **_k: tiny_run.result)
+    assert main(["-q", "run", "--storage", f"sqlite:///{db}"]) == 0
+    report = tmp_path / "reports" / "tiny.html"
+    assert report.is_file()
+    assert re.search(rf"^report\s+{re.escape(str(report))}$", capsys.readouterr().out, re.M)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync",
+                  "--host-resolver-rules=MAP * ~NOTFOUND",  # no network: the page needs none
+                  "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]
+# Runs before plotly.js: any uncaught error ends up in the page title, which --dump-dom shows.
+ERROR_PROBE = ("<script>window.onerror = function (m) { document.title = 'JS ERROR: ' + m; };"
+               "</script>")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (tools/ensure_chromium.sh "
+                                                "installs it)")
+def test_report_draws_every_figure_in_headless_chromium(tiny_run: TinyRun, tmp_path: Path
+                                                        ) -> None:
+    page = render_html(load_run(tiny_run.url)).replace("<head>", "<head>" + ERROR_PROBE, 1)
+    html_path = tmp_path / "report.html"
+    html_path.write_text(page)
+    chromium = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+
+    dump = subprocess.run([*chromium, "--dump-dom", html_path.as_uri()], capture_output=True,
+                          text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr[-2000:]
+    dom = dump.stdout
+    console = [line for line in dump.stderr.splitlines() if ":CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or "Error" in line], console
+    assert re.search(r"<title>(.*?)</title>", dom).group(1) == "tuner report: tiny"
+    for stage in STAGES:  # each figure's div now holds the SVG plotly drew into it
+        start = dom.index(f'id="fig-{stage}"')
+        end = dom.find('id="fig-', start + 1)
+        assert 'class="main-svg"' in dom[start:end if end > 0 else None], stage
+    assert dom.count('class="main-svg"') >= len(STAGES)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report_tiny.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run([*chromium, "--window-size=1280,4200", f"--screenshot={shot}",
+                    html_path.as_uri()], capture_output=True, timeout=60, check=True)
+    assert shot.is_file() and shot.stat().st_size > 50_000, shot
+    print(f"screenshot of the report: {shot}")

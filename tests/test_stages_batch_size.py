@@ -1,0 +1,81 @@
+"""The batch-size stage: a size that runs out of device memory is infeasible, not a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tuner.config import BatchSizeConfig
+from tuner.models import build_model
+from tuner.stages import batch_size as bs_stage
+from tuner.stages.common import Context
+from tuner.storage import open_storage
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    """As the pipeline does with train.threads = 1 (a busy machine punishes two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+DECISIONS = {
+    "lr_range": {"min_lr": 0.02, "max_lr": 0.2},
+    "momentum": {"max_momentum": 0.9, "min_momentum": 0.85},
+    "weight_decay": {"weight_decay": 1e-4},
+}
+
+
+def context(tmp_path: Path, splits, sizes: tuple[int, ...]) -> tuple[Context, optuna.Study]:  # noqa: ANN001
+    cfg = tiny_config(batch_size=BatchSizeConfig(values=sizes, budget_s=0.2,
+                                                 range_test_iters=300, reports=2))
+    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
+    ctx = Context(cfg, splits, lambda: build_model("mnist1d_cnn", 10), torch.device("cpu"),
+                  storage, "oom", dict(DECISIONS))
+    study = optuna.create_study(storage=storage, study_name="oom/batch_size",
+                                pruner=bs_stage.pruner(ctx))
+    return ctx, study
+
+
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously ..."),
+])
+def test_out_of_memory_size_is_marked_infeasible_and_skipped(
+        tmp_path: Path, mnist1d_splits, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+        caplog: pytest.LogCaptureFixture, error: Exception) -> None:
+    real = bs_stage.measure_throughput
+
+    def oom_at_128(model, optimizer, data, batch_size, **kw):  # noqa: ANN001, ANN003, ANN202
+        if batch_size == 128:
+            raise error
+        return real(model, optimizer, data, batch_size, **kw)
+
+    monkeypatch.setattr(bs_stage, "measure_throughput", oom_at_128)
+    ctx, study = context(tmp_path, mnist1d_splits, (64, 128))
+    decision = bs_stage.run(ctx, study)
+    assert decision["batch_size"] == 64
+    assert "out of memory" in decision["why"]
+    (big,) = [t for t in study.trials if t.params["batch_size"] == 128]
+    assert big.state == TrialState.PRUNED
+    assert "does not fit in memory" in big.user_attrs["infeasible"]
+    assert any("infeasible, skipped" in r.message for r in caplog.records)
+
+
+def test_other_errors_are_not_swallowed(tmp_path: Path, mnist1d_splits,  # noqa: ANN001
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(bs_stage, "measure_throughput", broken)
+    ctx, study = context(tmp_path, mnist1d_splits, (64,))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        bs_stage.run(ctx, study)

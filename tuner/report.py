@@ -1,0 +1,374 @@
+"""The run report: the paper's plots for every stage, drawn with plotly, in one HTML file.
+
+The numbers come from ``tuner.report_data`` (plain lists); this module only draws them. The
+page embeds plotly.js once, inline, so it opens without a network; plot data are rounded to
+five significant digits and the per-step range-test curve is thinned, which keeps the report of
+the default study within a few hundred kilobytes of plotly.js itself.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from tuner.report_data import (
+    STAGE_TITLES,
+    SUGGESTION_NAMES,
+    FinalInfo,
+    GridStageInfo,
+    RangeTestInfo,
+    RunInfo,
+    TrialCurve,
+    default_report_path,
+    downsample,
+    load_run,
+    loss_window,
+    split_name,
+)
+from tuner.version import __version__
+
+log = logging.getLogger(__name__)
+
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#72b7b2", "#eeca3b",
+           "#ff9da6", "#bab0ac", "#439894")
+CHOSEN = "#d62728"
+RANGE_FILL = "rgba(84, 162, 75, 0.15)"
+MAX_CURVE_POINTS = 400  # per-step curves are thinned to this many points
+_AXIS = {"gridcolor": "#e6e6e6", "linecolor": "#999", "zeroline": False, "ticks": "outside",
+         "showline": True}
+TEMPLATE = go.layout.Template(layout={
+    "font": {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 13},
+    "paper_bgcolor": "white", "plot_bgcolor": "white", "colorway": list(PALETTE),
+    "xaxis": _AXIS, "yaxis": _AXIS, "hovermode": "closest",
+    "margin": {"l": 70, "r": 30, "t": 60, "b": 60},
+    "legend": {"bgcolor": "rgba(255,255,255,0.8)"},
+})
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def _r(values: Sequence[float | None], digits: int = 5) -> list[float | None]:
+    """Rounded to ``digits`` significant digits (smaller JSON); None stays None."""
+    out: list[float | None] = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(None)
+        else:
+            out.append(float(f"{v:.{digits}g}"))
+    return out
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def _color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# --- LR range test --------------------------------------------------------------------------
+
+def _vertical(fig: go.Figure, x: float, lo: float, hi: float, name: str, color: str,
+              dash: str, **where: int) -> None:
+    fig.add_trace(go.Scatter(x=_r([x, x]), y=_r([lo, hi]), mode="lines", name=name,
+                             line={"color": color, "dash": dash, "width": 1.5},
+                             hovertemplate=f"{html.escape(name)}<extra></extra>"), **where)
+
+
+def range_test_figure(info: RangeTestInfo, title: str | None = None) -> go.Figure:
+    """Training and validation loss against LR; the chosen range shaded, the suggestion rules
+    and the divergence point marked."""
+    fig = go.Figure()
+    lo, hi = loss_window(info)
+    if info.min_lr is not None and info.max_lr is not None:
+        fig.add_trace(go.Scatter(
+            x=_r([info.min_lr, info.max_lr, info.max_lr, info.min_lr, info.min_lr]),
+            y=_r([lo, lo, hi, hi, lo]), fill="toself", fillcolor=RANGE_FILL, mode="lines",
+            line={"width": 0}, name=f"chosen range {info.min_lr:.3g} – {info.max_lr:.3g}",
+            hovertemplate=f"min LR {info.min_lr:.3g}, max LR {info.max_lr:.3g}<extra></extra>"))
+    x, y = downsample(info.lrs, info.train_losses, MAX_CURVE_POINTS)
+    fig.add_trace(go.Scatter(x=_r(x), y=_r(y, 4), mode="lines", name="training loss (per step)",
+                             line={"color": "#c7c7c7", "width": 1},
+                             hovertemplate="LR %{x:.3g}<br>loss %{y:.4g}<extra>train</extra>"))
+    x, y = downsample(info.lrs, info.train_smoothed, MAX_CURVE_POINTS)
+    fig.add_trace(go.Scatter(x=_r(x), y=_r(y), mode="lines", name="training loss (smoothed)",
+                             line={"color": PALETTE[0], "width": 2},
+                             hovertemplate="LR %{x:.3g}<br>loss %{y:.4g}<extra>train, "
+                                           "smoothed</extra>"))
+    for i, losses in enumerate(info.val_losses_each):
+        fig.add_trace(go.Scatter(
+            x=_r(info.val_lrs[:len(losses)]), y=_r(losses), mode="lines",
+            name="validation loss, each test", legendgroup="each", showlegend=i == 0,
+            line={"color": PALETTE[1], "width": 1, "dash": "dot"}, opacity=0.6,
+            hovertemplate="LR %{x:.3g}<br>loss %{y:.4g}<extra>test " + str(i + 1) + "</extra>"))
+    fig.add_trace(go.Scatter(
+        x=_r(info.val_lrs), y=_r(info.val_losses), customdata=_r(info.val_accuracies, 4),
+        mode="lines+markers", name="validation loss" + (" (mean)" if info.val_losses_each
+                                                        else ""),
+        line={"color": PALETTE[1], "width": 2.5}, marker={"size": 4},
+        hovertemplate="LR %{x:.3g}<br>val loss %{y:.4g}<br>accuracy %{customdata:.1%}"
+                      "<extra>validation</extra>"))
+    for (key, value), dash in zip(info.suggestions.items(), ("dash", "dot", "dashdot"),
+                                  strict=False):
+        _vertical(fig, value, lo, hi, f"suggestion: {SUGGESTION_NAMES.get(key, key)} {value:.3g}",
+                  "#555", dash)
+    if info.stop_lr is not None and info.stop_loss is not None:
+        fig.add_trace(go.Scatter(
+            x=_r([info.stop_lr]), y=_r([min(info.stop_loss, hi)]), mode="markers",
+            name=f"stopped at LR {info.stop_lr:.3g} (diverging)",
+            marker={"symbol": "x", "size": 14, "color": CHOSEN, "line": {"width": 2}},
+            hovertemplate=html.escape(info.stop_reason) + "<extra>stop</extra>"))
+    fig.update_layout(
+        template=TEMPLATE, height=520,
+        title=title or f"LR range test (batch size {info.batch_size})",
+        xaxis={"title": "learning rate" + (" (log scale)" if info.log_lr else ""),
+               "type": "log" if info.log_lr else "linear"},
+        yaxis={"title": "loss (cross-entropy)", "range": [lo, hi]})
+    return fig
+
+
+# --- momentum and weight decay --------------------------------------------------------------
+
+def _trial_style(c: TrialCurve, i: int) -> dict[str, Any]:
+    cut = c.state in ("pruned", "diverged", "fail", "running")
+    if c.chosen:
+        return {"color": CHOSEN, "width": 4, "dash": "solid"}
+    return {"color": _color(i), "width": 1.8, "dash": "dot" if cut else "solid"}
+
+
+def grid_stage_figure(info: GridStageInfo) -> go.Figure:
+    """Validation loss per epoch for each value: pruned runs end where they were cut off (with
+    a cross), the chosen value is drawn thick."""
+    fig = go.Figure()
+    for i, c in enumerate(info.trials):
+        style = _trial_style(c, i)
+        x = c.reports[:len(c.val_losses)]
+        fig.add_trace(go.Scatter(
+            x=x, y=_r(c.val_losses), customdata=_r(c.val_accuracies, 4), mode="lines+markers",
+            name=f"{info.label} {c.label}", line=style, marker={"size": 5},
+            hovertemplate=f"{info.label} {_fmt(c.value)}<br>epoch %{{x}}<br>val loss %{{y:.4f}}"
+                          "<br>accuracy %{customdata:.1%}<extra></extra>"))
+        if c.state in ("pruned", "diverged") and x:
+            last = next((v for v in reversed(c.val_losses) if v is not None), None)
+            fig.add_trace(go.Scatter(
+                x=[x[-1]], y=_r([last]), mode="markers", showlegend=False,
+                marker={"symbol": "x", "size": 12, "color": style["color"]},
+                hovertemplate=f"{info.label} {_fmt(c.value)}: {c.state} after epoch "
+                              f"{x[-1]}<extra></extra>"))
+    decided = f"chosen: {_fmt(info.chosen)}" if info.chosen is not None else "not decided"
+    xmax = max([info.planned_reports or 1] + [len(c.val_losses) for c in info.trials])
+    fig.update_layout(template=TEMPLATE, height=460,
+                      title=f"{STAGE_TITLES[info.stage]}: validation loss per epoch ({decided})",
+                      xaxis={"title": "epoch", "range": [0.5, xmax + 0.5], "dtick": 1
+                             if xmax <= 15 else None},
+                      yaxis={"title": "validation loss"}, legend={"title": info.label})
+    return fig
+
+
+# --- batch size -----------------------------------------------------------------------------
+
+def batch_size_figure(info: GridStageInfo) -> go.Figure:
+    """Validation loss and accuracy against training seconds, one line per size; below, each
+    size's own range test with the max LR it got."""
+    has_ranges = bool(info.range_tests)
+    fig = make_subplots(
+        rows=2 if has_ranges else 1, cols=2, vertical_spacing=0.16, horizontal_spacing=0.1,
+        specs=[[{}, {}], [{"colspan": 2}, None]] if has_ranges else [[{}, {}]],
+        subplot_titles=["validation loss", "validation accuracy"]
+        + (["each size's LR range test (validation loss; ● its max LR)"] if has_ranges else []))
+    for i, c in enumerate(info.trials):
+        style = _trial_style(c, i)
+        name = f"batch {c.label}"
+        secs = _r(c.seconds[:len(c.val_losses)], 4)
+        common = {"legendgroup": str(c.value), "mode": "lines+markers", "line": style,
+                  "marker": {"size": 5}}
+        fig.add_trace(go.Scatter(x=secs, y=_r(c.val_losses), name=name,
+                                 hovertemplate=f"batch {c.value}<br>%{{x:.2f}} s<br>val loss "
+                                               "%{y:.4f}<extra></extra>", **common), 1, 1)
+        fig.add_trace(go.Scatter(x=secs, y=_r(c.val_accuracies, 4), name=name, showlegend=False,
+                                 hovertemplate=f"batch {c.value}<br>%{{x:.2f}} s<br>accuracy "
+                                               "%{y:.1%}<extra></extra>", **common), 1, 2)
+        rt = info.range_tests.get(c.value)
+        if rt is not None:
+            fig.add_trace(go.Scatter(x=_r(rt.val_lrs), y=_r(rt.val_losses), mode="lines",
+                                     name=name, legendgroup=str(c.value), showlegend=False,
+                                     line={**style, "dash": "solid"},
+                                     hovertemplate=f"batch {c.value}<br>LR %{{x:.3g}}<br>val "
+                                                   "loss %{y:.4g}<extra></extra>"), 2, 1)
+            if rt.max_lr is not None:
+                best = min(range(len(rt.val_lrs)), key=lambda j: abs(rt.val_lrs[j] - rt.max_lr))
+                fig.add_trace(go.Scatter(
+                    x=_r([rt.max_lr]), y=_r([rt.val_losses[best]]), mode="markers",
+                    legendgroup=str(c.value), showlegend=False,
+                    marker={"size": 10, "color": style["color"]},
+                    hovertemplate=f"batch {c.value}: max LR {rt.max_lr:.3g}, min LR "
+                                  f"{(rt.min_lr or 0):.3g}<extra></extra>"), 2, 1)
+    budget = f", {info.budget_s:g} s of training each" if info.budget_s else ""
+    decided = f"chosen: {info.chosen}" if info.chosen is not None else "not decided"
+    fig.update_xaxes(title_text="training seconds", row=1)
+    fig.update_yaxes(tickformat=".0%", row=1, col=2)
+    if has_ranges:
+        fig.update_xaxes(title_text="learning rate (log scale)", type="log", row=2, col=1)
+        windows = [loss_window(rt) for rt in info.range_tests.values()]
+        fig.update_yaxes(title_text="validation loss", row=2, col=1,
+                         range=[min(w[0] for w in windows), max(w[1] for w in windows)])
+    fig.update_layout(template=TEMPLATE, height=800 if has_ranges else 460,
+                      title=f"Batch size at equal wall-clock time ({decided}{budget})")
+    return fig
+
+
+# --- final training -------------------------------------------------------------------------
+
+def final_figure(info: FinalInfo) -> go.Figure:
+    """The 1cycle LR and momentum schedules it ran, and each seed's training loss per epoch."""
+    split = split_name(info.scored_on)
+    trained_on = "train + validation" if info.scored_on == "test" else "train"
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.18,
+                        specs=[[{"secondary_y": True}, {}]],
+                        subplot_titles=["1cycle schedule", f"training loss ({trained_on})"])
+    if info.schedule_epochs:
+        fig.add_trace(go.Scatter(x=_r(info.schedule_epochs, 4), y=_r(info.schedule_lrs),
+                                 mode="lines", name="learning rate",
+                                 line={"color": PALETTE[0], "width": 2.5},
+                                 hovertemplate="epoch %{x:.2f}<br>LR %{y:.3g}<extra></extra>"),
+                      1, 1, secondary_y=False)
+        fig.add_trace(go.Scatter(x=_r(info.schedule_epochs, 4), y=_r(info.schedule_momenta),
+                                 mode="lines", name="momentum",
+                                 line={"color": PALETTE[1], "width": 2.5, "dash": "dash"},
+                                 hovertemplate="epoch %{x:.2f}<br>momentum %{y:.3f}"
+                                               "<extra></extra>"),
+                      1, 1, secondary_y=True)
+    for i, c in enumerate(info.trials):
+        acc = c.attrs.get(f"{info.scored_on}_accuracy")
+        score = (f": {split} accuracy {100 * acc:.2f}%" if acc is not None
+                 else f" ({c.state})")
+        fig.add_trace(go.Scatter(x=c.reports, y=_r(c.train_losses), mode="lines+markers",
+                                 name=f"seed {c.value}{score}",
+                                 line={"color": _color(i + 2), "width": 2}, marker={"size": 4},
+                                 hovertemplate="epoch %{x}<br>train loss %{y:.4f}"
+                                               "<extra></extra>"), 1, 2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="learning rate", secondary_y=False, row=1, col=1)
+    fig.update_yaxes(title_text="momentum", secondary_y=True, row=1, col=1, showgrid=False,
+                     tickformat=".3f")
+    fig.update_yaxes(title_text="training loss", row=1, col=2)
+    if info.accuracy is not None:
+        title = (f"Final 1cycle training: {split} accuracy {100 * info.accuracy:.2f}% "
+                 f"± {100 * (info.accuracy_sd or 0):.2f}, {split} loss {info.loss:.4f}")
+    else:
+        title = "Final 1cycle training (not finished)"
+    fig.update_layout(template=TEMPLATE, height=460, title=title)
+    return fig
+
+
+# --- the page -------------------------------------------------------------------------------
+
+def figures(info: RunInfo) -> list[tuple[str, str, go.Figure]]:
+    """``(stage, why, figure)`` for every stage that has something to draw, in order."""
+    out = []
+    if info.range_test is not None:
+        out.append(("lr_range", info.range_test.why, range_test_figure(info.range_test)))
+    for grid in (info.momentum, info.weight_decay):
+        if grid is not None:
+            out.append((grid.stage, grid.why, grid_stage_figure(grid)))
+    if info.batch_size is not None:
+        out.append(("batch_size", info.batch_size.why, batch_size_figure(info.batch_size)))
+    if info.final is not None:
+        out.append(("final", info.final.why, final_figure(info.final)))
+    return out
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto;
+       max-width: 1200px; padding: 1.5rem; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+.meta { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.92rem; }
+th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td.num { text-align: right; white-space: nowrap; }
+.why { color: #444; } .figure { min-height: 300px; }
+pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.85rem; }
+"""
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], numeric: Collection[int] = ()
+           ) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{html.escape(str(v))}</td>"
+                         for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary_html(info: RunInfo) -> str:
+    rows = []
+    for s in info.stages:
+        trials = ", ".join(f"{n} {k}" for k, n in sorted(s.trials.items())) or "–"
+        seconds = f"{s.seconds:.1f} s" if s.seconds is not None else "–"
+        rows.append([s.title, s.status, s.chosen or "–", trials, seconds])
+    rows.append(["total", "", "", "", f"{info.total_seconds:.1f} s"])
+    return _table(rows, ["stage", "status", "decision", "trials", "time"], numeric={4})
+
+
+def _environment_html(info: RunInfo) -> str:
+    note = ("" if info.environment_recorded else
+            "<p class=meta>The run recorded no environment; this is the report's own.</p>")
+    return note + _table(sorted(info.environment.items()), ["", ""])
+
+
+def render_html(info: RunInfo) -> str:
+    """The report page: summary, one section per stage with its figure, configuration."""
+    sections = []
+    for i, (stage, why, fig) in enumerate(figures(info)):
+        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{stage}",
+                          config=PLOT_CONFIG, default_width="100%",
+                          default_height=f"{fig.layout.height or 460}px")
+        sections.append(f'<section id="{stage}"><h2>{i + 1}. {STAGE_TITLES[stage]}</h2>'
+                        f'<p class=why>{html.escape(why)}</p><div class=figure>{div}</div>'
+                        f"</section>")
+    created = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    version = info.tool.get("version")
+    started = f" · run started by tuner {html.escape(str(version))}" if version else ""
+    title = f"tuner report: {info.run}"
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style>",
+        f'<script type="text/javascript">{get_plotlyjs()}</script>', "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class=meta>storage {html.escape(info.storage)}{started} · report written "
+        f"{created} by tuner {__version__} · after Smith (2018), <i>A Disciplined Approach to "
+        f"Neural Network Hyper-Parameters</i></p>",
+        '<section id="summary"><h2>Summary</h2>', _summary_html(info), "</section>",
+        *sections,
+        '<section id="configuration"><h2>Study configuration</h2>',
+        f"<pre>{html.escape(json.dumps(info.config, indent=2))}</pre></section>",
+        '<section id="environment"><h2>Environment</h2>', _environment_html(info),
+        "</section>", "</body></html>", ""])
+
+
+def write_report(storage: optuna.storages.BaseStorage | str, run: str | None = None,
+                 path: str | Path | None = None) -> Path:
+    """Write the report of ``run`` (default: the newest) to ``path`` (default:
+    ``reports/RUN.html`` beside a SQLite file); return the path."""
+    info = load_run(storage, run)
+    url = storage if isinstance(storage, str) else getattr(storage, "url", "")
+    path = Path(path) if path is not None else default_report_path(url, info.run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(info), encoding="utf-8")
+    log.info("report of run %r: %s (%.1f MB)", info.run, path, path.stat().st_size / 1e6)
+    return path

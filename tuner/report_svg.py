@@ -1,0 +1,131 @@
+"""The LR range test as a small static SVG (no plotly, no browser): the dashboard's artifact.
+
+optuna-dashboard previews image artifacts; plotly cannot write SVG without a browser (kaleido),
+so this draws the same picture as ``tuner.report.range_test_figure`` by hand: smoothed training
+loss and validation loss against LR, the chosen range shaded, the suggestion rules and the
+divergence point marked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from html import escape
+
+from tuner.report_data import SUGGESTION_NAMES, RangeTestInfo, downsample, loss_window
+
+WIDTH, HEIGHT = 760, 440
+LEFT, RIGHT, TOP, BOTTOM = 64, 210, 40, 52  # margins; the legend sits in the right one
+TRAIN, VAL, CHOSEN, RULE = "#4c78a8", "#f58518", "#d62728", "#555555"
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    span = hi - lo or 1.0
+    raw = span / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _polyline(xs: Sequence[float], ys: Sequence[float | None], sx: Callable[[float], float],
+              sy: Callable[[float], float], color: str, width: float, dash: str = "") -> str:
+    """One <polyline> per run of finite points."""
+    parts, run = [], []
+    for x, y in [*zip(xs, ys, strict=True), (None, None)]:
+        if x is None or y is None or not math.isfinite(y):
+            if len(run) > 1:
+                dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+                parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}"'
+                             f'{dash_attr} points="{" ".join(run)}"/>')
+            run = []
+            continue
+        run.append(f"{sx(x):.1f},{sy(y):.1f}")
+    return "".join(parts)
+
+
+def range_test_svg(info: RangeTestInfo, title: str | None = None) -> str:
+    """The range test figure as an SVG document."""
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    xs_all = info.lrs or info.val_lrs or [1e-3, 1.0]
+    tx: Callable[[float], float] = math.log10 if info.log_lr else float
+    x0, x1 = tx(min(xs_all)), tx(max(xs_all))
+    x1 = x1 if x1 > x0 else x0 + 1
+    lo, hi = loss_window(info)
+
+    def sx(lr: float) -> float:
+        return LEFT + (tx(lr) - x0) / (x1 - x0) * plot_w
+
+    def sy(loss: float) -> float:
+        return TOP + (1 - (min(max(loss, lo), hi) - lo) / (hi - lo)) * plot_h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+           f'<defs><clipPath id="plot"><rect x="{LEFT}" y="{TOP}" width="{plot_w}" '
+           f'height="{plot_h}"/></clipPath></defs>',
+           f'<text x="{LEFT}" y="24" font-size="15">'
+           f'{escape(title or f"LR range test (batch size {info.batch_size})")}</text>']
+    # axes, grid and ticks
+    if info.log_lr:
+        ticks = [10.0 ** e for e in range(math.ceil(x0 - 1e-9), math.floor(x1 + 1e-9) + 1)]
+    else:
+        ticks = _nice_ticks(x0, x1)
+    for t in ticks:
+        x = sx(t)
+        out.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + plot_h}" '
+                   f'stroke="#e6e6e6"/><text x="{x:.1f}" y="{TOP + plot_h + 16}" '
+                   f'text-anchor="middle">{t:g}</text>')
+    for t in _nice_ticks(lo, hi):
+        y = sy(t)
+        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" '
+                   f'stroke="#e6e6e6"/><text x="{LEFT - 6}" y="{y + 4:.1f}" '
+                   f'text-anchor="end">{t:g}</text>')
+    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
+               f'stroke="#999"/>')
+    out.append(f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle">learning '
+               f'rate{" (log scale)" if info.log_lr else ""}</text>')
+    out.append(f'<text transform="translate(16 {TOP + plot_h / 2}) rotate(-90)" '
+               f'text-anchor="middle">loss</text>')
+    legend: list[tuple[str, str, str]] = []  # (kind, color, text)
+    body = ['<g clip-path="url(#plot)">']
+    if info.min_lr is not None and info.max_lr is not None:
+        a, b = sx(info.min_lr), sx(info.max_lr)
+        body.append(f'<rect x="{a:.1f}" y="{TOP}" width="{b - a:.1f}" height="{plot_h}" '
+                    f'fill="rgb(84,162,75)" fill-opacity="0.18"/>')
+        legend.append(("box", "rgb(84,162,75)", f"range {info.min_lr:.3g} – {info.max_lr:.3g}"))
+    x, y = downsample(info.lrs, info.train_smoothed, 300)
+    body.append(_polyline(x, y, sx, sy, TRAIN, 2))
+    legend.append(("line", TRAIN, "training loss (smoothed)"))
+    body.append(_polyline(info.val_lrs, info.val_losses, sx, sy, VAL, 2.5))
+    legend.append(("line", VAL, "validation loss"))
+    for (key, value), dash in zip(info.suggestions.items(), ("6 4", "2 3", "8 3 2 3"),
+                                  strict=False):
+        x = sx(value)
+        body.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + plot_h}" '
+                    f'stroke="{RULE}" stroke-dasharray="{dash}"/>')
+        legend.append((f"rule:{dash}", RULE, f"{SUGGESTION_NAMES.get(key, key)} {value:.3g}"))
+    if info.stop_lr is not None and info.stop_loss is not None:
+        cx, cy = sx(info.stop_lr), sy(info.stop_loss)
+        body.append(f'<path d="M{cx - 6:.1f},{cy - 6:.1f}L{cx + 6:.1f},{cy + 6:.1f}'
+                    f'M{cx - 6:.1f},{cy + 6:.1f}L{cx + 6:.1f},{cy - 6:.1f}" stroke="{CHOSEN}" '
+                    f'stroke-width="3"><title>{escape(info.stop_reason)}</title></path>')
+        legend.append(("cross", CHOSEN, f"stopped at {info.stop_lr:.3g}"))
+    body.append("</g>")
+    out += body
+    lx, ly = LEFT + plot_w + 16, TOP + 8
+    for i, (kind, color, text) in enumerate(legend):
+        y = ly + 20 * i
+        if kind == "box":
+            out.append(f'<rect x="{lx}" y="{y - 6}" width="22" height="12" fill="{color}" '
+                       f'fill-opacity="0.3"/>')
+        elif kind == "cross":
+            out.append(f'<path d="M{lx + 6},{y - 5}L{lx + 16},{y + 5}M{lx + 6},{y + 5}'
+                       f'L{lx + 16},{y - 5}" stroke="{color}" stroke-width="2.5"/>')
+        else:
+            dash = f' stroke-dasharray="{kind[5:]}"' if kind.startswith("rule:") else ""
+            out.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 22}" y2="{y}" stroke="{color}" '
+                       f'stroke-width="2"{dash}/>')
+        out.append(f'<text x="{lx + 28}" y="{y + 4}">{escape(text)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
