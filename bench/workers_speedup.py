@@ -52,6 +52,20 @@ def stage_span(url: str, run: str) -> tuple[float, int]:
     return (end - start).total_seconds(), len(trials)
 
 
+BURN = "import time\nt = time.perf_counter()\nx = 0\nfor i in range(20_000_000): x += i\n" \
+       "print(time.perf_counter() - t)"
+
+
+def machine_parallelism() -> float:
+    """How many cores' worth of work two CPU-bound processes get done at once (2.0 = two
+    independent cores; about 1.0 = the two 'cores' share one)."""
+    def burn(n: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(n)]
+        return max(float(p.communicate()[0]) for p in procs)
+    return 2 * burn(1) / burn(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20, help="epochs per momentum/WD trial")
@@ -74,6 +88,8 @@ def main() -> None:
               f"{spans[workers]:.1f} s for {n} trials (whole run {time.perf_counter() - t0:.0f} s)",
               flush=True)
     print(f"speed-up of 2 workers over 1: {spans[1] / spans[2]:.2f}x")
+    print(f"this machine's parallelism: two CPU-bound processes ran at "
+          f"{machine_parallelism():.2f}x the work of one (the ceiling for any speed-up)")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ class RunNotFound(ConfigError):
 
 
 # Settings that may differ between workers and between a run and its resumption.
-RUNTIME_KEYS = frozenset({"train.device", "train.threads"})
+RUNTIME_KEYS = frozenset({"train.device", "train.threads", "data.workers", "data.hold"})
 
 
 def _check_same_config(storage: optuna.storages.BaseStorage, run: str, config: StudyConfig

@@ -115,17 +115,23 @@ def _torchvision(cls_name: str, cfg: DataConfig, **kwargs: Any) -> Any:
     name = cfg.name
     try:
         return cls(root=cfg.root, download=cfg.download, **kwargs)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. ..."
-        if cfg.download:
-            raise ConfigError(f"data.name={name!r}: download into data.root={cfg.root!r} "
-                              f"failed: {first_line(exc)}") from None
-        raise ConfigError(f"data.name={name!r} is not in data.root={cfg.root!r}; set "
-                          f"data.download = true (needs a network) or use npz:PATH.") from None
-    except Exception as exc:  # noqa: BLE001 -- URLError, socket errors, ...: no network
+    except Exception as exc:  # noqa: BLE001 -- RuntimeError, URLError, socket errors, ...
+        if not cfg.download:  # torchvision: "Dataset not found or corrupted. ..."
+            raise ConfigError(f"data.name={name!r} is not in data.root={cfg.root!r}; set "
+                              f"data.download = true (needs a network) or use "
+                              f"npz:PATH.") from None
         raise ConfigError(f"data.name={name!r}: download into data.root={cfg.root!r} failed "
-                          f"({type(exc).__name__}: {first_line(exc)}); this machine cannot "
-                          f"reach the dataset's server: download it elsewhere into "
-                          f"data.root, or use npz:PATH.") from None
+                          f"({_download_error(exc)}); this machine cannot reach the dataset's "
+                          f"server: download it elsewhere into data.root, or use "
+                          f"npz:PATH.") from None
+
+
+def _download_error(exc: BaseException) -> str:
+    """The gist of a failed download in one line (torchvision's messages span several)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    gist = lines[0] if lines else type(exc).__name__
+    cause = next((line for line in reversed(lines[1:]) if "rror" in line), "")
+    return f"{gist} {cause}".strip() if cause and cause not in gist else gist
 
 
 def _torchvision_arrays(cls_name: str, cfg: DataConfig) -> SourcePair:
