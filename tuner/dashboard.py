@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
-from sqlalchemy.engine import make_url
 
 from tuner.report_data import (
     ENVIRONMENT_ATTR,
@@ -32,7 +31,7 @@ from tuner.report_data import (
     load_stage_studies,
     open_existing_storage,
 )
-from tuner.storage import get_decision, mask_url, run_names
+from tuner.storage import get_decision, mask_url, run_names, storage_folder
 from tuner.version import __version__
 
 if TYPE_CHECKING:
@@ -178,13 +177,7 @@ def annotate_run(storage: optuna.storages.BaseStorage, run: str,
 
 def default_artifact_dir(url: str) -> Path:
     """``artifacts/`` beside a SQLite file, else under the working directory."""
-    try:
-        parsed = make_url(url)
-        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    except Exception:  # noqa: BLE001
-        database = None
-    base = Path(database).parent if database and database != ":memory:" else Path(".")
-    return base / "artifacts"
+    return storage_folder(url) / "artifacts"
 
 
 def is_loopback(host: str) -> bool:

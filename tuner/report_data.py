@@ -31,6 +31,7 @@ from tuner.storage import (
     mask_url,
     open_storage,
     run_names,
+    storage_folder,
     study_name,
 )
 from tuner.trials import trial_params
@@ -597,13 +598,7 @@ def safe_filename(name: str) -> str:
 
 def default_report_path(url: str, run: str) -> Path:
     """``reports/RUN.html`` beside a SQLite file, else under the working directory."""
-    try:
-        parsed = make_url(url)
-        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    except Exception:  # noqa: BLE001
-        database = None
-    base = Path(database).parent if database and database != ":memory:" else Path(".")
-    return base / "reports" / f"{safe_filename(run)}.html"
+    return storage_folder(url) / "reports" / f"{safe_filename(run)}.html"
 
 
 def downsample(xs: Sequence[Any], ys: Sequence[Any], max_points: int) -> tuple[list, list]:

@@ -169,3 +169,13 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         counts[names[t.state.name]] += 1
     return counts
+
+
+def storage_folder(url: str) -> Path:
+    """The folder of a SQLite file (reports and artifacts go beside it), else the working one."""
+    try:
+        parsed = make_url(url)
+        database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    except Exception:  # noqa: BLE001 -- an unparsable URL has no folder
+        database = None
+    return Path(database).parent if database and database != ":memory:" else Path(".")
