@@ -33,6 +33,7 @@ from .killing import (
 )
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PASSWORD = "hunter2"  # a made-up one, to check that it is masked
 
 
 def _postgres_available() -> bool:
@@ -239,10 +240,10 @@ def test_worker_joining_a_missing_run_says_so(tmp_path: Path) -> None:
 def test_unreachable_database_fails_fast_with_password_masked() -> None:
     t0 = time.monotonic()
     with pytest.raises(StorageError) as info:
-        open_storage("postgresql+psycopg://tuner:hunter2@127.0.0.1:1/db")
+        open_storage("postgresql+psycopg://tuner:" + PASSWORD + "@127.0.0.1:1/db")
     assert time.monotonic() - t0 < 10
     message = str(info.value)
-    assert "hunter2" not in message and "***" in message and "\n" not in message
+    assert PASSWORD not in message and "***" in message and "\n" not in message
 
 
 def test_wrong_credentials_are_one_line(pg_url: str) -> None:
