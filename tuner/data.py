@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -402,12 +402,7 @@ def _tensor_splits(train: Split, val: Split | None, test: Split | None,
             x, y = x[index], y[index]
         return TensorData(_as_float(x, device), y.to(device), augment)
 
-    train_t = tensors(train, keep)
-    if val is None:
-        train_t, val_t = split_validation(train_t, cfg.val_fraction, cfg.split_seed)
-    else:
-        val_t = tensors(val)
-    test_t = tensors(test) if test is not None else None
+    train_t, val_t, test_t = _three_splits(tensors, train, val, test, keep, cfg)
     if normalize:
         mean, std = _channel_stats(train_t.x)
         for part in (train_t, val_t, test_t):
@@ -421,6 +416,17 @@ def _tensor_splits(train: Split, val: Split | None, test: Split | None,
     return Splits(train_t, val_t, test_t, 0)
 
 
+def _three_splits(make: Callable, train: Split, val: Split | None, test: Split | None,
+                  keep: torch.Tensor | None, cfg: DataConfig) -> tuple:
+    """(train, val, test) built by ``make``; val carved from train when the data has none."""
+    train_d = make(train, keep)
+    if val is None:
+        train_d, val_d = split_validation(train_d, cfg.val_fraction, cfg.split_seed)
+    else:
+        val_d = make(val)
+    return train_d, val_d, make(test) if test is not None else None
+
+
 STATS_SAMPLES = 5000  # loader path: per-channel statistics from this many training samples
 
 
@@ -432,12 +438,7 @@ def _loader_splits(train: Split, val: Split | None, test: Split | None,
         index = torch.arange(len(ds)) if index is None else index
         return LoaderData(ds, index, device, augment=augment, workers=cfg.workers)
 
-    train_l = loader(train, keep)
-    if val is None:
-        train_l, val_l = split_validation(train_l, cfg.val_fraction, cfg.split_seed)
-    else:
-        val_l = loader(val)
-    test_l = loader(test) if test is not None else None
+    train_l, val_l, test_l = _three_splits(loader, train, val, test, keep, cfg)
     if normalize:
         sample = train_l.head(STATS_SAMPLES)
         x = torch.cat([x for x, _ in sample.eval_batches(512)])
