@@ -160,6 +160,10 @@ def test_wrong_type(tmp_path: Path, text: str, key: str) -> None:
         ("[pruner]\nmargin = -1\n", "pruner.margin"),
         ('[train]\ndevice = "tpu"\n', "train.device"),
         ('name = "a/b"\n', "name"),
+        ("[batch_size]\nbudget_s = -1.0\n", "batch_size.budget_s"),
+        ("[batch_size]\nbudget_s = inf\n", "batch_size.budget_s"),
+        ("[momentum]\nrepeats = 0\n", "momentum.repeats"),
+        ("[weight_decay]\nrepeats = -2\n", "weight_decay.repeats"),
     ],
 )
 def test_out_of_range(tmp_path: Path, text: str, key: str) -> None:

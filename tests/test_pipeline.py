@@ -103,7 +103,7 @@ def test_resume_after_interrupted_stage_reruns_only_the_cut_trial(
     url = f"sqlite:///{tmp_path}/t.db"
     cfg = tiny_config(weight_decay=WeightDecayConfig(values=(1e-3, 1e-4, 0.0), epochs=2))
     calls: list[float] = []
-    real = wd_stage.one_cycle_run
+    real = wd_stage.repeated_run
 
     def interrupt_second(ctx, trial, hp, **kw):  # noqa: ANN001, ANN003, ANN202
         calls.append(hp.weight_decay)
@@ -111,7 +111,7 @@ def test_resume_after_interrupted_stage_reruns_only_the_cut_trial(
             raise KeyboardInterrupt  # Ctrl-C in the middle of the second weight-decay trial
         return real(ctx, trial, hp, **kw)
 
-    monkeypatch.setattr(wd_stage, "one_cycle_run", interrupt_second)
+    monkeypatch.setattr(wd_stage, "repeated_run", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         tuner.run(cfg, storage=url, splits=mnist1d_splits)
     wd = studies(url, "tiny")["weight_decay"]
@@ -120,7 +120,7 @@ def test_resume_after_interrupted_stage_reruns_only_the_cut_trial(
     range_trials_before = len(studies(url, "tiny")["lr_range"].get_trials())
 
     calls.clear()
-    monkeypatch.setattr(wd_stage, "one_cycle_run", real)
+    monkeypatch.setattr(wd_stage, "repeated_run", real)
     result = tuner.run(cfg, storage=url, splits=mnist1d_splits)
     assert result.weight_decay in cfg.weight_decay.values
     by_stage = studies(url, "tiny")

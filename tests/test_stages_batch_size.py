@@ -79,3 +79,43 @@ def test_other_errors_are_not_swallowed(tmp_path: Path, mnist1d_splits,  # noqa:
     ctx, study = context(tmp_path, mnist1d_splits, (64,))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         bs_stage.run(ctx, study)
+
+
+def test_default_budget_is_measured_once_and_stored(tmp_path: Path, mnist1d_splits,  # noqa: ANN001
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx, study = context(tmp_path, mnist1d_splits, (64,))
+    ctx.config = tiny_config(batch_size=BatchSizeConfig(values=(64,), budget_s=0.0))
+    calls: list[int] = []
+    real = bs_stage.measure_throughput
+
+    def counted(model, optimizer, data, batch_size, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(batch_size)
+        return real(model, optimizer, data, batch_size, **kw)
+
+    monkeypatch.setattr(bs_stage, "measure_throughput", counted)
+    budget = bs_stage.resolve_budget(ctx, study)
+    assert calls == [ctx.config.train.batch_size]
+    steps_per_epoch = len(mnist1d_splits.train) // ctx.config.train.batch_size
+    steps_per_s = ctx.config.final.epochs * steps_per_epoch / budget
+    assert 10 < steps_per_s < 1e5  # a throughput a CPU can have, not a unit mix-up
+    assert study.user_attrs[bs_stage.BUDGET_ATTR] == budget
+    # A second worker (or a resumed run) adopts the stored budget without measuring.
+    assert bs_stage.resolve_budget(ctx, study) == budget
+    assert len(calls) == 1
+
+
+def test_configured_budget_is_used_as_given(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
+    ctx, study = context(tmp_path, mnist1d_splits, (64,))
+    assert bs_stage.resolve_budget(ctx, study) == 0.2
+    assert bs_stage.BUDGET_ATTR not in study.user_attrs
+
+
+def test_reference_size_reuses_stage_one_range(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
+    ctx, study = context(tmp_path, mnist1d_splits, (64, 128))
+    assert ctx.config.train.batch_size == 64
+    ctx.decisions["lr_range"] = {"min_lr": 0.02, "max_lr": 0.2, "batch_size": 64}
+    bs_stage.run(ctx, study)
+    by_size = {t.params["batch_size"]: t for t in study.trials}
+    assert "range_curve" not in by_size[64].user_attrs  # stage 1's test, not run again
+    assert by_size[64].user_attrs["max_lr"] == 0.2
+    assert "range_curve" in by_size[128].user_attrs

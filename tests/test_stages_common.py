@@ -135,3 +135,29 @@ def test_planned_steps(budget_s: float, steps_per_s: float, expected: int) -> No
 def test_planned_steps_grows_with_budget_and_throughput() -> None:
     assert planned_steps(6.0, 20.0) == 2 * planned_steps(6.0, 10.0)
     assert planned_steps(12.0, 10.0) == 2 * planned_steps(6.0, 10.0)
+
+
+def test_repeated_run_averages_seeds_and_reports_the_first(tmp_path, mnist1d_splits) -> None:  # noqa: ANN001
+    import torch
+
+    from tuner.models import build_model
+    from tuner.stages.common import Context, HParams, repeated_run
+    from tuner.storage import open_storage
+
+    from .conftest import tiny_config
+
+    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
+    ctx = Context(tiny_config(), mnist1d_splits, lambda: build_model("mnist1d_cnn", 10),
+                  torch.device("cpu"), storage, "x")
+    study = optuna.create_study(storage=storage, study_name="x/momentum")
+    trial = study.ask()
+    hp = HParams(0.01, 0.1, 0.95, 0.85, 1e-4, 64)
+    value = repeated_run(ctx, trial, hp, repeats=2, epochs=2)
+    study.tell(trial, value)
+    (done,) = study.get_trials()
+    losses = done.user_attrs["val_losses"]
+    assert len(losses) == 2 and losses[0] != losses[1]  # two seeds, two different runs
+    assert value == pytest.approx(sum(losses) / 2)
+    assert sorted(done.intermediate_values) == [1, 2]  # one report per epoch, first seed only
+    assert done.intermediate_values[2] == pytest.approx(losses[0])
+    assert len(done.user_attrs["history"]) == 2

@@ -104,7 +104,9 @@ class ModelConfig:
 class TrainConfig:
     """Settings shared by every training run of every stage."""
 
-    batch_size: int = 128  # for all stages before the batch-size stage
+    # For every stage before the batch-size stage. Small, so that the short momentum and weight
+    # decay runs take enough steps to rank values as a full training would (the paper: 128).
+    batch_size: int = 32
     eval_batch_size: int = 2048
     nesterov: bool = False
     seed: int = 0
@@ -175,8 +177,9 @@ class MomentumConfig:
 
     values: tuple[float, ...] = (0.99, 0.97, 0.95, 0.9)
     min_momentum: float = 0.85
-    epochs: int = 12
+    epochs: int = 30  # shorter runs favour high momentum, which a full training does not
     weight_decay: float = 1e-4  # held constant while momentum is chosen
+    repeats: int = 2  # runs per value from different seeds, final val losses averaged
 
     def __post_init__(self) -> None:
         _check(len(self.values) > 0, "momentum.values must not be empty.")
@@ -184,7 +187,7 @@ class MomentumConfig:
             _check(0 <= v < 1, f"momentum.values must lie in [0, 1), but got value={v!r}.")
             _check(v >= self.min_momentum, f"momentum.values must be >= min_momentum="
                    f"{self.min_momentum}, but got value={v!r}.")
-        _positive("momentum", epochs=self.epochs)
+        _positive("momentum", epochs=self.epochs, repeats=self.repeats)
         _check(self.weight_decay >= 0, f"momentum.weight_decay must be >= 0, but got "
                f"weight_decay={self.weight_decay!r}.")
 
@@ -194,13 +197,14 @@ class WeightDecayConfig:
     """A grid of constant weight decays, with the chosen LR range and momentum."""
 
     values: tuple[float, ...] = (1e-3, 1e-4, 1e-5, 0.0)
-    epochs: int = 12
+    epochs: int = 30  # shorter runs favour weak regularisation, which a full training does not
+    repeats: int = 2  # runs per value from different seeds, final val losses averaged
 
     def __post_init__(self) -> None:
         _check(len(self.values) > 0, "weight_decay.values must not be empty.")
         for v in self.values:
             _check(v >= 0, f"weight_decay.values must be >= 0, but got value={v!r}.")
-        _positive("weight_decay", epochs=self.epochs)
+        _positive("weight_decay", epochs=self.epochs, repeats=self.repeats)
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,9 @@ class BatchSizeConfig:
     """Candidate batch sizes, each trained for the same wall-clock budget."""
 
     values: tuple[int, ...] = (32, 64, 128, 256, 512)
-    budget_s: float = 6.0  # training seconds per candidate (evaluation not counted)
+    # Training seconds per candidate (evaluation not counted). 0 = measured on this machine: the
+    # time final.epochs epochs take at train.batch_size, the time a final training would take.
+    budget_s: float = 0.0
     range_test_iters: int = 1000  # a short LR range test per size gives each its own LR
     reports: int = 10  # validation measurements per run, at equal fractions of the budget
 
@@ -216,8 +222,10 @@ class BatchSizeConfig:
         _check(len(self.values) > 0, "batch_size.values must not be empty.")
         for v in self.values:
             _check(v > 0, f"batch_size.values must be > 0, but got value={v!r}.")
-        _positive("batch_size", budget_s=self.budget_s, range_test_iters=self.range_test_iters,
-                  reports=self.reports)
+        _check(0 <= self.budget_s < math.inf, "batch_size.budget_s must be a finite number >= 0 "
+               "(0 = the time of a final training at train.batch_size), but got "
+               f"budget_s={self.budget_s!r}.")
+        _positive("batch_size", range_test_iters=self.range_test_iters, reports=self.reports)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class HParams:
 
 def one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
                   eval_every: int, seed: int, train: Data, val: Data | None,
-                  prune: bool = True) -> RunResult:
+                  prune: bool = True, report: bool = True) -> RunResult:
     """Train a fresh model with 1cycle; report validation loss every ``eval_every`` steps.
 
     Report index ``k`` is the k-th measurement (an epoch when ``eval_every`` is an epoch). With
@@ -91,6 +91,8 @@ def one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
             ev = evaluate(model, val, cfg.train.eval_batch_size)
             row.update(val_loss=ev.loss, val_accuracy=ev.accuracy)
         history.append(row)
+        if not report:
+            return
         reported = row.get("val_loss", train_loss)
         if math.isfinite(reported):
             trial.report(reported, k)
@@ -104,11 +106,36 @@ def one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
             schedule=schedule, eval_every=eval_every, on_eval=on_eval,
             generator=ctx.generator(seed))
     except Diverged as exc:
-        trial.set_user_attr("history", history)
-        trial.set_user_attr("diverged", str(exc))
+        if report:
+            trial.set_user_attr("history", history)
+        trial.set_user_attr("diverged", str(exc) if report else f"seed {seed}: {exc}")
         raise optuna.TrialPruned(f"diverged: {exc}") from None
-    trial.set_user_attr("history", history)
+    if report:
+        trial.set_user_attr("history", history)
     return RunResult(history[-1], model)
+
+
+def repeated_run(ctx: Context, trial: Trial, hp: HParams, *, repeats: int, epochs: int
+                 ) -> float:
+    """The mean final validation loss of ``repeats`` short 1cycle runs from different seeds.
+
+    One short run is a noisy sample: grid points a few hundredths apart in validation loss swap
+    places from one seed to the next. The first run reports each epoch (so the pruner can stop
+    a bad point after one run, and the dashboard shows its curve); the others only add their
+    final loss. Each run's final loss is kept in the user attr ``val_losses``.
+    """
+    cfg = ctx.config
+    per_epoch = epoch_steps(len(ctx.splits.train), hp.batch_size)
+    rows = []
+    for repeat in range(repeats):
+        rows.append(one_cycle_run(ctx, trial, hp, total_steps=epochs * per_epoch,
+                                  eval_every=per_epoch, seed=cfg.train.seed + repeat,
+                                  train=ctx.splits.train, val=ctx.splits.val,
+                                  report=repeat == 0).last)
+    losses = [row["val_loss"] for row in rows]
+    trial.set_user_attr("val_losses", losses)
+    trial.set_user_attr("val_accuracies", [row["val_accuracy"] for row in rows])
+    return sum(losses) / len(losses)
 
 
 class GridChoice(NamedTuple):
@@ -142,6 +169,10 @@ def decide_grid(trials: Sequence[FrozenTrial], param: str, label: str | None = N
     why = (f"{label} {best.params[param]:g} gave the lowest final validation loss "
            f"{best.value:.4g} (all: {others})")
     return GridChoice(best.params[param], why)
+
+
+def percent(fractions: Sequence[float]) -> str:
+    return ", ".join(f"{100 * f:.1f}%" for f in fractions)
 
 
 def epoch_steps(n: int, batch_size: int) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import Trial
 
-from tuner.stages.common import Context, HParams, decide_grid, epoch_steps, one_cycle_run
+from tuner.stages.common import Context, HParams, decide_grid, epoch_steps, percent, repeated_run
 from tuner.trials import run_grid
 
 NAME = "momentum"
@@ -24,18 +24,18 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     cfg = ctx.config
     lr = ctx.decisions["lr_range"]
     bs = cfg.train.batch_size
-    per_epoch = epoch_steps(len(ctx.splits.train), bs)
+    epoch_steps(len(ctx.splits.train), bs)  # a clear error before any trial is stored
 
     def objective(trial: Trial) -> float:
         mom = trial.suggest_categorical("max_momentum", list(cfg.momentum.values))
         hp = HParams(lr["min_lr"], lr["max_lr"], mom, cfg.momentum.min_momentum,
                      cfg.momentum.weight_decay, bs)
-        last = one_cycle_run(ctx, trial, hp, total_steps=cfg.momentum.epochs * per_epoch,
-                             eval_every=per_epoch, seed=cfg.train.seed, train=ctx.splits.train,
-                             val=ctx.splits.val).last
-        log.info("momentum %.2f -> %.2f: val loss %.4f, accuracy %.1f%%", mom,
-                 cfg.momentum.min_momentum, last["val_loss"], 100 * last["val_accuracy"])
-        return last["val_loss"]
+        loss = repeated_run(ctx, trial, hp, repeats=cfg.momentum.repeats,
+                            epochs=cfg.momentum.epochs)
+        log.info("momentum %.2f -> %.2f: val loss %.4f (mean of %d), accuracy %s", mom,
+                 cfg.momentum.min_momentum, loss, cfg.momentum.repeats,
+                 percent(trial.user_attrs["val_accuracies"]))
+        return loss
 
     trials = run_grid(study, [{"max_momentum": v} for v in cfg.momentum.values], objective)
     choice = decide_grid(trials, "max_momentum", "max momentum")

@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import Trial
 
-from tuner.stages.common import Context, HParams, decide_grid, epoch_steps, one_cycle_run
+from tuner.stages.common import Context, HParams, decide_grid, epoch_steps, percent, repeated_run
 from tuner.trials import run_grid
 
 NAME = "weight_decay"
@@ -23,17 +23,16 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     cfg = ctx.config
     lr, mom = ctx.decisions["lr_range"], ctx.decisions["momentum"]
     bs = cfg.train.batch_size
-    per_epoch = epoch_steps(len(ctx.splits.train), bs)
+    epoch_steps(len(ctx.splits.train), bs)  # a clear error before any trial is stored
 
     def objective(trial: Trial) -> float:
         wd = trial.suggest_categorical("weight_decay", list(cfg.weight_decay.values))
         hp = HParams(lr["min_lr"], lr["max_lr"], mom["max_momentum"], mom["min_momentum"], wd, bs)
-        last = one_cycle_run(ctx, trial, hp, total_steps=cfg.weight_decay.epochs * per_epoch,
-                             eval_every=per_epoch, seed=cfg.train.seed, train=ctx.splits.train,
-                             val=ctx.splits.val).last
-        log.info("weight decay %g: val loss %.4f, accuracy %.1f%%", wd, last["val_loss"],
-                 100 * last["val_accuracy"])
-        return last["val_loss"]
+        loss = repeated_run(ctx, trial, hp, repeats=cfg.weight_decay.repeats,
+                            epochs=cfg.weight_decay.epochs)
+        log.info("weight decay %g: val loss %.4f (mean of %d), accuracy %s", wd, loss,
+                 cfg.weight_decay.repeats, percent(trial.user_attrs["val_accuracies"]))
+        return loss
 
     trials = run_grid(study, [{"weight_decay": v} for v in cfg.weight_decay.values], objective)
     choice = decide_grid(trials, "weight_decay", "weight decay")
