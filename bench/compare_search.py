@@ -26,7 +26,7 @@ import optuna
 
 import tuner
 from bench._mnist1d import Choice, splits, test_accuracy, train_one_cycle
-from tuner.config import StudyConfig, TrainConfig
+from tuner.config import RefineConfig, StudyConfig, TrainConfig
 from tuner.train import Diverged, evaluate
 
 MOMENTA = [0.9, 0.95, 0.97, 0.99]
@@ -35,9 +35,9 @@ BATCHES = [32, 64, 128, 256, 512]
 
 
 def pipeline_config(budget_s: float, seed: int) -> StudyConfig:
-    """The default study, cut down so stages 1-4 fit ``budget_s`` on 2 CPU cores: fewer
-    repeats below 100 s, and shorter runs as well below 50 s."""
-    cfg = StudyConfig(train=TrainConfig(seed=seed))
+    """The default study, cut down so stages 1-4 fit ``budget_s`` on 2 CPU cores (fewer
+    repeats below 100 s, and shorter runs as well below 50 s), refining in what is left."""
+    cfg = StudyConfig(train=TrainConfig(seed=seed), refine=RefineConfig(total_s=budget_s))
     if budget_s >= 100:
         return cfg
     range_repeats, epochs = (2, cfg.momentum.epochs) if budget_s >= 50 else (1, 12)
@@ -56,9 +56,9 @@ def run_pipeline(budget_s: float, seed: int, data) -> tuple[Choice, float, int]:
         result = tuner.run(cfg, storage=f"sqlite:///{tmp}/p.db", splits=data)
         url = f"sqlite:///{tmp}/p.db"
         trials = sum(len(optuna.load_study(study_name=f"{result.run}/{s}", storage=url).trials)
-                     for s in ("lr_range", "momentum", "weight_decay", "batch_size"))
+                     for s in ("lr_range", "momentum", "weight_decay", "batch_size", "refine"))
     seconds = sum(result.decisions[s]["seconds"]
-                  for s in ("lr_range", "momentum", "weight_decay", "batch_size"))
+                  for s in ("lr_range", "momentum", "weight_decay", "batch_size", "refine"))
     choice = Choice(result.max_lr, result.momentum, result.weight_decay, result.batch_size,
                     result.min_lr)
     return choice, seconds, trials

@@ -33,6 +33,7 @@ def _decision_words(stage: str, d: dict[str, Any]) -> list[str]:
             "momentum": [f"{d.get('max_momentum', 0):g}"],
             "weight_decay": [f"weight decay {d.get('weight_decay', 0):g}"],
             "batch_size": [f"batch size {d.get('batch_size')}"],
+            "refine": [f"batch size {d.get('batch_size')}"],
             "final": [f"{100 * d.get('test_accuracy', 0):.2f}%"]}[stage] + [d["why"]]
 
 

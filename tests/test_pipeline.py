@@ -39,7 +39,7 @@ def completed_points(study: optuna.Study) -> Counter:
 
 def test_stage_order_is_the_papers() -> None:
     assert [s.NAME for s in STAGES] == list(STAGE_NAMES) == [
-        "lr_range", "momentum", "weight_decay", "batch_size", "final"]
+        "lr_range", "momentum", "weight_decay", "batch_size", "refine", "final"]
 
 
 def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:

@@ -36,7 +36,14 @@ def summary_table(result, report: str | None = None) -> str:  # noqa: ANN001 -- 
          f"{d['momentum']['max_momentum']:g} -> {d['momentum']['min_momentum']:g}"),
         ("weight decay", f"{d['weight_decay']['weight_decay']:g}"),
         ("batch size", f"{d['batch_size']['batch_size']}"),
-        ("LR range at that batch size", f"{result.min_lr:.3g} - {result.max_lr:.3g}"),
+        ("LR range at that batch size",
+         f"{d['batch_size']['min_lr']:.3g} - {d['batch_size']['max_lr']:.3g}"),
+    ]
+    if d.get("refine", {}).get("trials"):
+        rows.append((f"refined ({d['refine']['trials']} trials)",
+                     f"LR {result.min_lr:.3g} - {result.max_lr:.3g}, momentum "
+                     f"{result.momentum:g}, weight decay {result.weight_decay:g}"))
+    rows += [
         ("final training", f"1cycle, {final['epochs']} epochs, seeds {final['seeds']}"),
         (f"{label} accuracy", f"{100 * final[f'{split}_accuracy']:.2f}% "
                               f"± {100 * final[f'{split}_accuracy_sd']:.2f}"),

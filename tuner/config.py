@@ -229,6 +229,22 @@ class BatchSizeConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """Optional: a short TPE search around the staged values (``tuner/stages/refine.py``)."""
+
+    # Refine until the tuning stages (1-4 and this one) have taken this many seconds in all;
+    # 0 = no refinement (the paper's pipeline as it stands).
+    total_s: float = 0.0
+    lr_factor: float = 2.0  # max LR searched within [staged / factor, staged * factor]
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.total_s < math.inf, "refine.total_s must be a finite number >= 0 "
+               f"(0 = no refinement), but got total_s={self.total_s!r}.")
+        _check(1 < self.lr_factor < math.inf, "refine.lr_factor must be a finite number > 1, "
+               f"but got lr_factor={self.lr_factor!r}.")
+
+
+@dataclass(frozen=True)
 class FinalConfig:
     """Final 1cycle training on train + validation, scored once on the test split."""
 
@@ -266,6 +282,7 @@ class StudyConfig:
     momentum: MomentumConfig = field(default_factory=MomentumConfig)
     weight_decay: WeightDecayConfig = field(default_factory=WeightDecayConfig)
     batch_size: BatchSizeConfig = field(default_factory=BatchSizeConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
 

@@ -56,23 +56,23 @@ class Result:
 
     @property
     def min_lr(self) -> float:
-        return self.decisions["batch_size"]["min_lr"]
+        return self.decisions["refine"]["min_lr"]
 
     @property
     def max_lr(self) -> float:
-        return self.decisions["batch_size"]["max_lr"]
+        return self.decisions["refine"]["max_lr"]
 
     @property
     def momentum(self) -> float:
-        return self.decisions["momentum"]["max_momentum"]
+        return self.decisions["refine"]["max_momentum"]
 
     @property
     def weight_decay(self) -> float:
-        return self.decisions["weight_decay"]["weight_decay"]
+        return self.decisions["refine"]["weight_decay"]
 
     @property
     def batch_size(self) -> int:
-        return self.decisions["batch_size"]["batch_size"]
+        return self.decisions["refine"]["batch_size"]
 
     @property
     def test_accuracy(self) -> float | None:

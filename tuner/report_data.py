@@ -47,6 +47,7 @@ STAGE_TITLES = {
     "momentum": "Cyclical momentum",
     "weight_decay": "Weight decay",
     "batch_size": "Batch size at equal wall-clock time",
+    "refine": "Refinement around the staged values",
     "final": "Final 1cycle training",
 }
 SUGGESTION_NAMES = {"valley": "valley", "minimum": "minimum / 10", "steepest": "steepest"}
@@ -412,6 +413,9 @@ def decision_text(stage: str, d: dict[str, Any]) -> str:
         return f"weight decay {d['weight_decay']:g}"
     if stage == "batch_size":
         return f"batch size {d['batch_size']} (LR {d['min_lr']:.3g} – {d['max_lr']:.3g})"
+    if stage == "refine":
+        return (f"LR {d['min_lr']:.3g} – {d['max_lr']:.3g}, max momentum {d['max_momentum']:g}, "
+                f"weight decay {d['weight_decay']:g}, batch size {d['batch_size']}")
     if stage == "final":
         seeds = d.get("seeds", [])
         split = d.get("scored_on", "test")

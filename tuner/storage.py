@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 DECISION_ATTR = "decision"
 CONFIG_ATTR = "config"
-STAGES = ("lr_range", "momentum", "weight_decay", "batch_size", "final")
+STAGES = ("lr_range", "momentum", "weight_decay", "batch_size", "refine", "final")
 TOOL_ATTR = "tuner"  # {"version": ..., "schema": ...} of the tool that made the run
-SCHEMA = 1  # what a run stores; bump when stored attrs change meaning
+SCHEMA = 2  # what a run stores; bump when stored attrs change meaning
 CONNECT_TIMEOUT_S = 5
 # A running trial records a heartbeat every HEARTBEAT_INTERVAL_S; one silent for longer than
 # HEARTBEAT_GRACE_S is failed by any other worker and its grid point handed back.

@@ -137,6 +137,13 @@ def claim(study: optuna.Study) -> Trial | None:
     return None
 
 
+def new_trial(study: optuna.Study) -> Trial:
+    """A new trial from the study's sampler, stamped with this process like a claimed one."""
+    trial = study.ask()
+    study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _worker_id())  # noqa: SLF001
+    return trial
+
+
 @contextlib.contextmanager
 def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat from a background thread while the body runs, where the

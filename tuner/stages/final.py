@@ -25,10 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def hparams(ctx: Context) -> HParams:
-    d = ctx.decisions
-    return HParams(d["batch_size"]["min_lr"], d["batch_size"]["max_lr"],
-                   d["momentum"]["max_momentum"], d["momentum"]["min_momentum"],
-                   d["weight_decay"]["weight_decay"], d["batch_size"]["batch_size"])
+    d = ctx.decisions["refine"]  # every chosen value, refined or passed through
+    return HParams(d["min_lr"], d["max_lr"], d["max_momentum"], d["min_momentum"],
+                   d["weight_decay"], d["batch_size"])
 
 
 def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:

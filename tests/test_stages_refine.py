@@ -1,0 +1,102 @@
+"""The optional refinement: its search box, its decision and its time budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tuner.config import RefineConfig
+from tuner.models import build_model
+from tuner.stages import refine
+from tuner.stages.common import Context
+from tuner.storage import open_storage
+
+from .conftest import tiny_config
+
+DECISIONS = {
+    "lr_range": {"min_lr": 0.02, "max_lr": 0.2, "batch_size": 64, "seconds": 1.0},
+    "momentum": {"max_momentum": 0.9, "min_momentum": 0.85, "seconds": 1.0},
+    "weight_decay": {"weight_decay": 1e-4, "seconds": 1.0},
+    "batch_size": {"batch_size": 64, "min_lr": 0.015, "max_lr": 0.15, "seconds": 1.0},
+}
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [
+    (0.95, [0.9, 0.95, 0.97]), (0.99, [0.97, 0.99]), (0.9, [0.9, 0.95]),
+])
+def test_neighbours_in_the_grid(chosen: float, expected: list[float]) -> None:
+    assert refine.neighbours((0.99, 0.97, 0.95, 0.9), chosen) == expected
+
+
+def test_neighbours_of_zero_weight_decay() -> None:
+    assert refine.neighbours((1e-3, 1e-4, 1e-5, 0.0), 0.0) == [0.0, 1e-5]
+
+
+def context(tmp_path: Path, splits, total_s: float) -> tuple[Context, optuna.Study]:  # noqa: ANN001
+    cfg = tiny_config(refine=RefineConfig(total_s=total_s, lr_factor=2.0))
+    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
+    ctx = Context(cfg, splits, lambda: build_model("mnist1d_cnn", 10), torch.device("cpu"),
+                  storage, "r", {k: dict(v) for k, v in DECISIONS.items()})
+    study = optuna.create_study(storage=storage, study_name="r/refine",
+                                pruner=refine.pruner(ctx))
+    return ctx, study
+
+
+def test_box_around_the_staged_values(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
+    ctx, _ = context(tmp_path, mnist1d_splits, 10.0)
+    box = refine.box(ctx, refine.staged(ctx))
+    assert box.lr_low == pytest.approx(0.075) and box.lr_high == pytest.approx(0.3)
+    assert box.momenta == [0.9, 0.95]  # the tiny grid is (0.95, 0.9)
+    assert box.decays == [0.0, 1e-4]
+
+
+def test_off_by_default_passes_the_staged_values_through(tmp_path: Path,  # noqa: ANN001
+                                                          mnist1d_splits) -> None:
+    ctx, study = context(tmp_path, mnist1d_splits, 0.0)
+    decision = refine.run(ctx, study)
+    assert {k: decision[k] for k in refine.staged(ctx)} == refine.staged(ctx)
+    assert "no refinement" in decision["why"]
+    assert study.trials == []
+
+
+def test_no_time_left_skips(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
+    ctx, study = context(tmp_path, mnist1d_splits, 3.0)  # stages 1-4 already took 4 s
+    assert "no refinement" in refine.run(ctx, study)["why"]
+    assert study.trials == []
+
+
+def test_refines_within_the_budget_starting_from_the_staged_values(
+        tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
+    ctx, study = context(tmp_path, mnist1d_splits, 4.0 + 6.0)  # 6 s left for refinement
+    decision = refine.run(ctx, study)
+    trials = study.get_trials()
+    assert len(trials) >= 2
+    first = trials[0]
+    assert first.params == {"max_lr": 0.15, "max_momentum": 0.9, "weight_decay": 1e-4}
+    box = refine.box(ctx, refine.staged(ctx))
+    for t in trials:
+        assert box.lr_low <= t.params["max_lr"] <= box.lr_high
+        assert t.params["max_momentum"] in box.momenta
+        assert t.params["weight_decay"] in box.decays
+    # It stops before one more trial would pass the budget (one trial of slack).
+    spent = refine.seconds_spent(trials)
+    assert spent <= 6.0 + refine.seconds_spent(trials[:1]) + 1.0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value)
+    assert decision["max_lr"] == best.params["max_lr"]
+    assert decision["min_lr"] == pytest.approx(best.params["max_lr"] / 10)
+    assert decision["batch_size"] == 64 and decision["staged"] == refine.staged(ctx)
+
+
+def test_decide_keeps_staged_values_when_nothing_completes() -> None:
+    study = optuna.create_study()
+    trial = study.ask({"max_lr": optuna.distributions.FloatDistribution(0.1, 0.4, log=True)})
+    study.tell(trial, state=TrialState.PRUNED)
+    base = refine.staged(Context(tiny_config(), None, None, None, None, "x",  # type: ignore[arg-type]
+                                 {k: dict(v) for k, v in DECISIONS.items()}))
+    decision = refine.decide(study.get_trials(), base, 10.0, 5.0)
+    assert decision["max_lr"] == 0.15 and "pruned or diverged" in decision["why"]
