@@ -16,6 +16,7 @@ from tuner.config import (
     FinalConfig,
     LRRangeConfig,
     MomentumConfig,
+    RefineConfig,
     StudyConfig,
     TrainConfig,
     WeightDecayConfig,
@@ -56,5 +57,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, mnist1d_splits: Splits) -
     tests. Read it only: copy the file (``shutil.copy``) before changing anything."""
     path = tmp_path_factory.mktemp("tiny_run") / "tuner.db"
     url = f"sqlite:///{path}"
-    result = tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
+    # With a short refinement (three trials), so that every stage has something to show.
+    cfg = tiny_config(refine=RefineConfig(total_s=3600.0, max_trials=3))
+    result = tuner.run(cfg, storage=url, splits=mnist1d_splits)
     return TinyRun(url, path, result.run, result)

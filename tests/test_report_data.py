@@ -62,10 +62,14 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
 
     bs = info.batch_size
     assert bs is not None and bs.chosen == d["batch_size"]["batch_size"]
-    assert sorted(bs.range_tests) == sorted(cfg.batch_size.values)
+    # The reference size keeps stage 1's range test; every other size ran its own.
+    assert sorted(bs.range_tests) == sorted(set(cfg.batch_size.values) - {cfg.train.batch_size})
     for c in bs.trials:
         assert c.seconds == sorted(c.seconds) and c.attrs["planned_steps"] >= 1
-        assert bs.range_tests[c.value].max_lr == c.attrs["max_lr"]
+        if c.value in bs.range_tests:
+            assert bs.range_tests[c.value].max_lr == c.attrs["max_lr"]
+        else:
+            assert c.attrs["max_lr"] == d["lr_range"]["max_lr"]
 
     final = info.final
     assert final is not None and final.scored_on == "test"
@@ -211,3 +215,30 @@ def test_trials_table_and_csv_hold_every_trial(tiny_run: TinyRun, tmp_path: Path
     history = pd.read_csv(paths[1])
     assert {"stage", "number", "report", "step", "seconds", "train_loss"} <= set(history.columns)
     assert set(history["stage"]) == set(STAGES) - {"lr_range"}
+
+
+def test_refine_info_marks_the_staged_and_the_chosen_trial(tiny_run: TinyRun) -> None:
+    from tuner.report_data import get_refine_info
+
+    study = optuna.load_study(study_name=f"{tiny_run.run}/refine", storage=tiny_run.url)
+    info = get_refine_info(study)
+    assert info is not None and len(info.points) == 3
+    assert info.staged == 0
+    decision = tiny_run.result.decisions["refine"]
+    assert info.why == decision["why"]
+    staged = info.points[0]
+    assert staged.max_lr == decision["staged"]["max_lr"]
+    assert staged.weight_decay == decision["staged"]["weight_decay"]
+    complete = [p for p in info.points if p.value is not None]
+    best = min(complete, key=lambda p: p.value)
+    assert info.chosen == best.number
+    assert (best.max_lr, best.momentum, best.weight_decay) == (
+        tiny_run.result.max_lr, tiny_run.result.momentum, tiny_run.result.weight_decay)
+
+
+def test_refine_info_is_none_when_the_refinement_was_off(tmp_path: Path) -> None:
+    from tuner.report_data import get_refine_info
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/t.db"),
+                                study_name="x/refine")
+    assert get_refine_info(study) is None

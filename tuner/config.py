@@ -236,12 +236,15 @@ class RefineConfig:
     # 0 = no refinement (the paper's pipeline as it stands).
     total_s: float = 0.0
     lr_factor: float = 2.0  # max LR searched within [staged / factor, staged * factor]
+    max_trials: int = 0  # stop after this many trials too; 0 = only the time limit
 
     def __post_init__(self) -> None:
         _check(0 <= self.total_s < math.inf, "refine.total_s must be a finite number >= 0 "
                f"(0 = no refinement), but got total_s={self.total_s!r}.")
         _check(1 < self.lr_factor < math.inf, "refine.lr_factor must be a finite number > 1, "
                f"but got lr_factor={self.lr_factor!r}.")
+        _check(self.max_trials >= 0, "refine.max_trials must be >= 0 (0 = no limit), but got "
+               f"max_trials={self.max_trials!r}.")
 
 
 @dataclass(frozen=True)

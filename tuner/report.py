@@ -28,6 +28,7 @@ from tuner.report_data import (
     FinalInfo,
     GridStageInfo,
     RangeTestInfo,
+    RefineInfo,
     RunInfo,
     TrialCurve,
     default_report_path,
@@ -275,6 +276,40 @@ def final_figure(info: FinalInfo) -> go.Figure:
     return fig
 
 
+# --- refinement -----------------------------------------------------------------------------
+
+def refine_figure(info: RefineInfo) -> go.Figure:
+    """Final validation loss against max LR, one marker per trial and a colour per weight
+    decay; pruned trials as crosses at the top, the staged and the chosen trial ringed."""
+    fig = go.Figure()
+    done = [p for p in info.points if p.value is not None]
+    top = max((p.value for p in done), default=1.0)
+    decays = sorted({p.weight_decay for p in info.points})
+    for i, wd in enumerate(decays):
+        ps = [p for p in info.points if p.weight_decay == wd]
+        fig.add_trace(go.Scatter(
+            x=[p.max_lr for p in ps], y=_r([p.value if p.value is not None else top for p in ps]),
+            mode="markers", name=f"weight decay {wd:g}",
+            marker={"color": _color(i), "size": 10,
+                    "symbol": ["circle" if p.value is not None else "x" for p in ps]},
+            customdata=[[p.number, p.momentum, p.state] for p in ps],
+            hovertemplate="trial %{customdata[0]}: %{customdata[2]}<br>max LR %{x:.4g}<br>"
+                          "momentum %{customdata[1]}<br>val loss %{y:.4f}<extra></extra>"))
+    for number, label, size in ((info.staged, "staged values", 22), (info.chosen, "chosen", 16)):
+        p = next((p for p in done if p.number == number), None)
+        if p is not None:
+            fig.add_trace(go.Scatter(
+                x=[p.max_lr], y=_r([p.value]), mode="markers", name=label,
+                marker={"symbol": "circle-open", "size": size, "line": {"width": 2},
+                        "color": "#222" if label == "chosen" else "#888"},
+                hovertemplate=f"{label}: trial {p.number}<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, height=460,
+                      title=f"{STAGE_TITLES['refine']}: final validation loss of each trial",
+                      xaxis={"title": "max LR", "type": "log"},
+                      yaxis={"title": "final validation loss (× pruned)"})
+    return fig
+
+
 # --- the page -------------------------------------------------------------------------------
 
 def figures(info: RunInfo) -> list[tuple[str, str, go.Figure]]:
@@ -287,6 +322,8 @@ def figures(info: RunInfo) -> list[tuple[str, str, go.Figure]]:
             out.append((grid.stage, grid.why, grid_stage_figure(grid)))
     if info.batch_size is not None:
         out.append(("batch_size", info.batch_size.why, batch_size_figure(info.batch_size)))
+    if info.refine is not None:
+        out.append(("refine", info.refine.why, refine_figure(info.refine)))
     if info.final is not None:
         out.append(("final", info.final.why, final_figure(info.final)))
     return out

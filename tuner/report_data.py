@@ -306,6 +306,45 @@ def get_grid_stage_info(study: optuna.Study, stage: str) -> GridStageInfo | None
 
 
 @dataclass(frozen=True)
+class RefinePoint:
+    number: int
+    max_lr: float
+    momentum: float
+    weight_decay: float
+    state: str  # complete | pruned | diverged | failed | running
+    value: float | None  # final validation loss (COMPLETE trials)
+
+
+@dataclass(frozen=True)
+class RefineInfo:
+    """The refinement's trials; ``staged`` and ``chosen`` are trial numbers (None: not run)."""
+
+    points: list[RefinePoint]
+    staged: int | None
+    chosen: int | None
+    why: str
+
+
+def get_refine_info(study: optuna.Study) -> RefineInfo | None:
+    """The refinement's trials, or None where it ran none (it is off by default)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if "max_lr" in t.params]
+    if not trials:
+        return None
+    decision = study.user_attrs.get(DECISION_ATTR) or {}
+    points = [RefinePoint(t.number, t.params["max_lr"], t.params["max_momentum"],
+                          t.params["weight_decay"], _trial_state(t),
+                          t.value if t.state == TrialState.COMPLETE else None)
+              for t in sorted(trials, key=lambda t: t.number)]
+    chosen = None
+    if decision:
+        matches = [p for p in points if p.value is not None and p.max_lr == decision["max_lr"]
+                   and p.momentum == decision["max_momentum"]
+                   and p.weight_decay == decision["weight_decay"]]
+        chosen = matches[0].number if matches else None
+    return RefineInfo(points, points[0].number, chosen, decision.get("why", "not decided yet"))
+
+
+@dataclass(frozen=True)
 class FinalInfo:
     """Final training: the 1cycle schedule it ran (recomputed), its curves, its test scores."""
 
@@ -392,6 +431,7 @@ class RunInfo:
     weight_decay: GridStageInfo | None
     batch_size: GridStageInfo | None
     final: FinalInfo | None
+    refine: RefineInfo | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -485,7 +525,8 @@ def load_run(storage: optuna.storages.BaseStorage | str, run: str | None = None)
         range_test=get_range_test_info(studies["lr_range"]) if "lr_range" in studies else None,
         momentum=grid("momentum"), weight_decay=grid("weight_decay"),
         batch_size=grid("batch_size"),
-        final=get_final_info(studies["final"]) if "final" in studies else None)
+        final=get_final_info(studies["final"]) if "final" in studies else None,
+        refine=get_refine_info(studies["refine"]) if "refine" in studies else None)
 
 
 # --- tables ---------------------------------------------------------------------------------

@@ -139,7 +139,9 @@ def claim(study: optuna.Study) -> Trial | None:
 
 def new_trial(study: optuna.Study) -> Trial:
     """A new trial from the study's sampler, stamped with this process like a claimed one."""
-    trial = study.ask()
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize()
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        trial = study.ask()
     study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, _worker_id())  # noqa: SLF001
     return trial
 

@@ -6,9 +6,9 @@ combination itself: its first trial is the staged result, then Optuna's TPE samp
 log-uniformly within ``lr_factor`` of it, momentum and weight decay among the staged values and
 their neighbours in the stage grids, at the chosen batch size, each trial a short 1cycle run (the
 momentum stage's length) pruned as the grids are. It stops before the tuning stages (1-4 and this
-one) would pass ``total_s`` seconds in all; the lowest final validation loss wins, so the staged
-result is kept unless a trial beats it. ``total_s = 0`` (the default) skips it: the staged values
-pass through unchanged.
+one) would pass ``total_s`` seconds in all (or after ``max_trials``); the lowest final validation
+loss wins, so the staged result is kept unless a trial beats it. ``total_s = 0`` (the default)
+skips it: the staged values pass through unchanged.
 """
 
 from __future__ import annotations
@@ -112,6 +112,10 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         # The staged point's full run says what one more trial costs.
         typical = seconds_spent(finished[:1])
         if finished and before + seconds_spent(finished) + typical > cfg.refine.total_s:
+            break
+        started = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                           TrialState.PRUNED, TrialState.RUNNING))
+        if 0 < cfg.refine.max_trials <= len(started):
             break
         trial = claim(study) or new_trial(study)
         run_trial(study, trial, objective)
