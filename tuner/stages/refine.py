@@ -121,12 +121,12 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         run_trial(study, trial, objective)
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         time.sleep(0.5)  # other workers' last trials belong to the decision too
-    return decide(study.get_trials(deepcopy=False), base, cfg.lr_range.min_lr_div,
-                  cfg.refine.total_s - before)
+    trials = study.get_trials(deepcopy=False)
+    return decide(trials, base, cfg.lr_range.min_lr_div, seconds_spent(trials))
 
 
 def decide(trials: Sequence[FrozenTrial], base: dict[str, Any], min_lr_div: float,
-           budget_s: float) -> dict[str, Any]:
+           seconds: float) -> dict[str, Any]:
     """The COMPLETE trial with the lowest final validation loss; the staged values if none."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
                 and math.isfinite(t.value)]
@@ -142,13 +142,13 @@ def decide(trials: Sequence[FrozenTrial], base: dict[str, Any], min_lr_div: floa
                 "trials": len(trials), "staged": base}
     if best.number == first.number:
         why = (f"the staged values kept their lowest validation loss {best.value:.4g} against "
-               f"{len(trials) - 1} refinement trial(s) in {budget_s:.0f} s")
+               f"{len(trials) - 1} refinement trial(s) in {seconds:.0f} s")
     else:
         staged_loss = (f"{first.value:.4g}" if first.state == TrialState.COMPLETE
                        else "pruned")
         why = (f"LR {p['max_lr'] / min_lr_div:.3g} – {p['max_lr']:.3g}, momentum "
                f"{p['max_momentum']:g}, weight decay {p['weight_decay']:g} gave validation loss "
                f"{best.value:.4g} (staged values: {staged_loss}), best of {len(trials)} trials "
-               f"in {budget_s:.0f} s")
+               f"in {seconds:.0f} s")
     decision["why"] = why
     return decision
