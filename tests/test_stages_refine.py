@@ -100,3 +100,22 @@ def test_decide_keeps_staged_values_when_nothing_completes() -> None:
                                  {k: dict(v) for k, v in DECISIONS.items()}))
     decision = refine.decide(study.get_trials(), base, 10.0, 5.0)
     assert decision["max_lr"] == 0.15 and "pruned or diverged" in decision["why"]
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed_not_waited_for(
+        tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
+    import dataclasses
+    import socket
+
+    from tuner.trials import WORKER_ATTR
+
+    ctx, study = context(tmp_path, mnist1d_splits, 3600.0)
+    ctx.config = dataclasses.replace(ctx.config, refine=RefineConfig(total_s=3600.0,
+                                                                     max_trials=2))
+    orphan = study.ask()  # a worker that died mid-trial: RUNNING, its process gone
+    study._storage.set_trial_system_attr(  # noqa: SLF001
+        orphan._trial_id, WORKER_ATTR, {"host": socket.gethostname(), "pid": 2**22 + 1})  # noqa: SLF001
+    decision = refine.run(ctx, study)
+    states = [t.state for t in study.get_trials()]
+    assert states[0] == TrialState.FAIL
+    assert TrialState.RUNNING not in states and decision["batch_size"] == 64

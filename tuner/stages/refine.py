@@ -87,7 +87,10 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     search = box(ctx, base)
     bs = base["batch_size"]
     per_epoch = epoch_steps(len(ctx.splits.train), bs)
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.train.seed)
+    # Seeded for a reproducible run; a worker that joins later (or a resumption) starts from
+    # another seed, so that two workers do not sample the same points.
+    study.sampler = optuna.samplers.TPESampler(
+        seed=cfg.train.seed + len(study.get_trials(deepcopy=False)))
 
     def objective(trial: Trial) -> float:
         max_lr = trial.suggest_float("max_lr", search.lr_low, search.lr_high, log=True)
@@ -121,6 +124,8 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         run_trial(study, trial, objective)
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         time.sleep(0.5)  # other workers' last trials belong to the decision too
+        with storage_lock(ctx.storage, study.study_name):
+            reap_orphans(study)  # ... unless their worker died
     trials = study.get_trials(deepcopy=False)
     return decide(trials, base, cfg.lr_range.min_lr_div, seconds_spent(trials))
 
