@@ -1,12 +1,16 @@
 """The staged pipeline against plain Optuna TPE and random search, at equal tuning budgets.
 
 On MNIST-1D with the published CNN, in one process:
-  * pipeline: this tool's stages 1-4, its settings scaled to the budget (see ``pipeline_config``);
+  * pipeline: this tool's default study run with ``budget_s`` = the budget: the tool measures
+    this machine, cuts stages 1-4 down to fit and refines with TPE in what they leave;
   * tpe / random: Optuna over max LR (log-uniform), momentum {0.9, 0.95, 0.97, 0.99}, weight
     decay {0, 1e-5, 1e-4, 1e-3}, batch size {32 ... 512} jointly, each trial a 1cycle run of the
     pipeline's short-run length, MedianPruner on validation loss, ``timeout`` = the budget.
 Each chosen configuration is then retrained with 1cycle on train + validation and scored on the
-test split over ``--seeds`` seeds. Each search is repeated with ``--search-seeds`` seeds.
+test split over ``--seeds`` seeds, twice: for ``--epochs`` epochs whatever its batch size, and for
+equal time: the epochs of its batch size that take as long as ``--epochs`` epochs at batch size
+``--reference-batch`` (from throughputs measured once at the start, the same for every method).
+Each search is repeated with ``--search-seeds`` seeds.
 
     .venv/bin/python bench/compare_search.py --budgets 60 120 --search-seeds 2
 
@@ -26,39 +30,30 @@ import optuna
 
 import tuner
 from bench._mnist1d import Choice, splits, test_accuracy, train_one_cycle
-from tuner.config import RefineConfig, StudyConfig, TrainConfig
-from tuner.train import Diverged, evaluate
+from tuner.config import StudyConfig, TrainConfig
+from tuner.data import concat
+from tuner.models import mnist1d_cnn
+from tuner.train import Diverged, evaluate, make_sgd, measure_throughput
 
 MOMENTA = [0.9, 0.95, 0.97, 0.99]
 DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
 BATCHES = [32, 64, 128, 256, 512]
 
 
-def pipeline_config(budget_s: float, seed: int) -> StudyConfig:
-    """The default study, cut down so stages 1-4 fit ``budget_s`` on 2 CPU cores (fewer
-    repeats below 100 s, and shorter runs as well below 50 s), refining in what is left."""
-    cfg = StudyConfig(train=TrainConfig(seed=seed), refine=RefineConfig(total_s=budget_s))
-    if budget_s >= 100:
-        return cfg
-    range_repeats, epochs = (2, cfg.momentum.epochs) if budget_s >= 50 else (1, 12)
-    return dataclasses.replace(
-        cfg, lr_range=dataclasses.replace(cfg.lr_range, repeats=range_repeats),
-        momentum=dataclasses.replace(cfg.momentum, repeats=1, epochs=epochs),
-        weight_decay=dataclasses.replace(cfg.weight_decay, repeats=1, epochs=epochs))
-
-
 def run_pipeline(budget_s: float, seed: int, data) -> tuple[Choice, float, int]:  # noqa: ANN001
-    cfg = pipeline_config(budget_s, seed)
-    # One final seed: the final stage is not part of the tuning time (its epochs stay: the
-    # batch-size stage's default budget is the time of a final training).
-    cfg = dataclasses.replace(cfg, final=dataclasses.replace(cfg.final, seeds=(0,)))
+    """The default study fitted to the budget by the tool itself (``tuner run --budget``):
+    stages 1-4 cut down as this machine's measured speed requires, the refinement in the rest."""
+    # One final seed: the final stage is not part of the tuning time.
+    cfg = StudyConfig(train=TrainConfig(seed=seed))
+    cfg = cfg.replace(final=dataclasses.replace(cfg.final, seeds=(0,)))
     with tempfile.TemporaryDirectory() as tmp:
-        result = tuner.run(cfg, storage=f"sqlite:///{tmp}/p.db", splits=data)
         url = f"sqlite:///{tmp}/p.db"
+        t0 = time.perf_counter()
+        result = tuner.run(cfg, storage=url, splits=data, budget_s=budget_s)
+        # Tuning time: everything but the final training (the planning's measurements count).
+        seconds = time.perf_counter() - t0 - result.decisions["final"]["seconds"]
         trials = sum(len(optuna.load_study(study_name=f"{result.run}/{s}", storage=url).trials)
                      for s in ("lr_range", "momentum", "weight_decay", "batch_size", "refine"))
-    seconds = sum(result.decisions[s]["seconds"]
-                  for s in ("lr_range", "momentum", "weight_decay", "batch_size", "refine"))
     choice = Choice(result.max_lr, result.momentum, result.weight_decay, result.batch_size,
                     result.min_lr)
     return choice, seconds, trials
@@ -97,12 +92,30 @@ def run_optuna(sampler: optuna.samplers.BaseSampler, budget_s: float, data, epoc
             seconds, len(study.trials))
 
 
+def samples_per_second(data, sizes: list[int]) -> dict[int, float]:  # noqa: ANN001
+    """Training samples per second of each batch size on train + validation (the retraining)."""
+    train = concat(data.train, data.val)
+    rates = {}
+    for bs in sizes:
+        model = mnist1d_cnn()
+        steps_per_s = measure_throughput(model, make_sgd(model, 0.01, 0.9, 0.0), train, bs,
+                                         min_seconds=2.0)
+        rates[bs] = steps_per_s * bs
+    return rates
+
+
+def equal_time_epochs(epochs: int, rate: float, reference_rate: float) -> int:
+    return max(1, round(epochs * rate / reference_rate))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 120.0])
     parser.add_argument("--search-seeds", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=5, help="retraining seeds per choice")
     parser.add_argument("--epochs", type=int, default=40, help="retraining epochs (1cycle)")
+    parser.add_argument("--reference-batch", type=int, default=32,
+                        help="equal-time retraining lasts as long as --epochs at this size")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import logging
@@ -110,9 +123,16 @@ def main() -> None:
     data = splits()
     short = StudyConfig().momentum.epochs  # the pipeline's short-run length, for TPE/random too
     seeds = list(range(args.seeds))
+    rates = samples_per_second(data, sorted(set(BATCHES) | {args.reference_batch}))
+    equal = {bs: equal_time_epochs(args.epochs, r, rates[args.reference_batch])
+             for bs, r in rates.items()}
+    print("measured samples/s (train + validation): " + ", ".join(
+        f"bs {bs} {r:.0f}" for bs, r in rates.items()))
+    print(f"equal-time retraining ({args.epochs} epochs at batch size {args.reference_batch}): "
+          + ", ".join(f"bs {bs} {e} epochs" for bs, e in equal.items()), flush=True)
     rows = []
     print(f"{'budget':>6} {'method':<8} {'seed':>4} {'tuning s':>8} {'trials':>6}  "
-          f"{'chosen':<46} test accuracy", flush=True)
+          f"{'chosen':<46} {f'{args.epochs} epochs':<16} equal time", flush=True)
     for budget in args.budgets:
         for search_seed in range(args.search_seeds):
             for method in ("pipeline", "tpe", "random"):
@@ -123,17 +143,22 @@ def main() -> None:
                                else optuna.samplers.RandomSampler(seed=search_seed))
                     choice, seconds, n = run_optuna(sampler, budget, data, short)
                 mean, sd, _ = test_accuracy(choice, data, args.epochs, seeds)
-                rows.append((budget, method, mean))
+                eq_epochs = equal[choice.batch_size]
+                eq_mean, eq_sd = ((mean, sd) if eq_epochs == args.epochs  # the same training
+                                  else test_accuracy(choice, data, eq_epochs, seeds)[:2])
+                rows.append((budget, method, mean, eq_mean))
                 print(f"{budget:6.0f} {method:<8} {search_seed:4d} {seconds:8.1f} {n:6d}  "
-                      f"{choice.describe():<46} {100 * mean:.2f}% ± {100 * sd:.2f}", flush=True)
+                      f"{choice.describe():<46} {100 * mean:5.2f}% ± {100 * sd:4.2f}   "
+                      f"{100 * eq_mean:5.2f}% ± {100 * eq_sd:4.2f} ({eq_epochs} ep)", flush=True)
     print("\nmean test accuracy over search seeds:")
     for budget in args.budgets:
-        line = []
-        for method in ("pipeline", "tpe", "random"):
-            accs = [m for b, meth, m in rows if b == budget and meth == method]
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            line.append(f"{method} {100 * statistics.fmean(accs):.2f}% ± {100 * sd:.2f}")
-        print(f"  {budget:.0f} s: " + ", ".join(line))
+        for col, label in ((2, f"{args.epochs} epochs"), (3, "equal time")):
+            line = []
+            for method in ("pipeline", "tpe", "random"):
+                accs = [r[col] for r in rows if r[0] == budget and r[1] == method]
+                sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                line.append(f"{method} {100 * statistics.fmean(accs):.2f}% ± {100 * sd:.2f}")
+            print(f"  {budget:.0f} s, {label:<10}: " + ", ".join(line))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -12,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
-from tuner.config import LRRangeConfig, WeightDecayConfig
+from tuner.config import FinalConfig, LRRangeConfig, WeightDecayConfig
 from tuner.lr_range import NoUsableMinimum
 from tuner.pipeline import RunConfigMismatch
 from tuner.stages import STAGES
@@ -82,6 +83,19 @@ def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:
         assert t.user_attrs["max_lr"] > 0
     final = by_stage["final"].user_attrs["decision"]
     assert final["seeds"] == list(cfg.final.seeds)
+    # the chosen size trains as long as final.epochs at the reference size (final.length)
+    chosen = by_stage["batch_size"].user_attrs["decision"]
+    assert final["epochs"] == chosen["final_epochs"] >= 1
+    if chosen["batch_size"] == cfg.train.batch_size:
+        assert final["epochs"] == cfg.final.epochs
+
+
+def test_final_length_epochs_keeps_final_epochs(tmp_path: Path, mnist1d_splits) -> None:
+    cfg = tiny_config(batch_size=dataclasses.replace(tiny_config().batch_size, values=(128,)),
+                      final=FinalConfig(epochs=3, seeds=(0,), length="epochs"))
+    result = tuner.run(cfg, storage=f"sqlite:///{tmp_path}/t.db", splits=mnist1d_splits)
+    assert result.batch_size == 128
+    assert result.decisions["final"]["epochs"] == 3
 
 
 def test_rerun_of_a_finished_run_trains_nothing(tmp_path: Path, mnist1d_splits,

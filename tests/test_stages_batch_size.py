@@ -76,9 +76,25 @@ def test_other_errors_are_not_swallowed(tmp_path: Path, mnist1d_splits,  # noqa:
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(bs_stage, "measure_throughput", broken)
-    ctx, study = context(tmp_path, mnist1d_splits, (64,))
+    ctx, study = context(tmp_path, mnist1d_splits, (64, 128))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         bs_stage.run(ctx, study)
+
+
+def test_the_reference_size_alone_is_decided_without_runs(tmp_path: Path, mnist1d_splits,  # noqa: ANN001
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a single candidate was trained")
+
+    monkeypatch.setattr(bs_stage, "measure_throughput", no_training)
+    monkeypatch.setattr(bs_stage, "one_cycle_run", no_training)
+    ctx, study = context(tmp_path, mnist1d_splits, (64,))  # 64 is the reference size
+    decision = bs_stage.run(ctx, study)
+    assert decision["batch_size"] == 64
+    assert (decision["min_lr"], decision["max_lr"]) == (0.02, 0.2)  # stage 1's range
+    assert decision["final_epochs"] == ctx.config.final.epochs
+    assert "only candidate" in decision["why"]
+    assert study.trials == []
 
 
 def test_default_budget_is_measured_once_and_stored(tmp_path: Path, mnist1d_splits,  # noqa: ANN001
@@ -93,21 +109,47 @@ def test_default_budget_is_measured_once_and_stored(tmp_path: Path, mnist1d_spli
         return real(model, optimizer, data, batch_size, **kw)
 
     monkeypatch.setattr(bs_stage, "measure_throughput", counted)
-    budget = bs_stage.resolve_budget(ctx, study)
+    budget, samples_per_s = bs_stage.resolve_budget(ctx, study)
     assert calls == [ctx.config.train.batch_size]
-    steps_per_epoch = len(mnist1d_splits.train) // ctx.config.train.batch_size
+    bs = ctx.config.train.batch_size
+    steps_per_epoch = len(mnist1d_splits.train) // bs
     steps_per_s = ctx.config.final.epochs * steps_per_epoch / budget
     assert 10 < steps_per_s < 1e5  # a throughput a CPU can have, not a unit mix-up
+    assert steps_per_s == pytest.approx(samples_per_s / bs)
     assert study.user_attrs[bs_stage.BUDGET_ATTR] == budget
+    assert study.user_attrs[bs_stage.THROUGHPUT_ATTR] == samples_per_s
     # A second worker (or a resumed run) adopts the stored budget without measuring.
-    assert bs_stage.resolve_budget(ctx, study) == budget
+    assert bs_stage.resolve_budget(ctx, study) == (budget, samples_per_s)
     assert len(calls) == 1
 
 
 def test_configured_budget_is_used_as_given(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
     ctx, study = context(tmp_path, mnist1d_splits, (64,))
-    assert bs_stage.resolve_budget(ctx, study) == 0.2
+    budget, samples_per_s = bs_stage.resolve_budget(ctx, study)
+    assert budget == 0.2
+    assert samples_per_s > 0  # the reference rate is measured all the same (final epochs)
     assert bs_stage.BUDGET_ATTR not in study.user_attrs
+
+
+@pytest.mark.parametrize(("epochs", "rate", "reference", "expected"), [
+    (40, 2000.0, 1000.0, 80),  # twice the samples per second: twice the epochs in that time
+    (40, 1000.0, 1000.0, 40),
+    (40, 333.0, 1000.0, 13),
+    (3, 10.0, 1000.0, 1),  # never below one epoch
+])
+def test_equal_time_epochs(epochs: int, rate: float, reference: float, expected: int) -> None:
+    assert bs_stage.equal_time_epochs(epochs, rate, reference) == expected
+
+
+def test_decision_gives_the_final_epochs_of_equal_time(tmp_path: Path, mnist1d_splits,  # noqa: ANN001
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx, study = context(tmp_path, mnist1d_splits, (128,))  # the reference size is 64
+    decision = bs_stage.run(ctx, study)
+    (trial,) = study.trials
+    rate = trial.user_attrs["steps_per_second"] * 128
+    reference = study.user_attrs[bs_stage.THROUGHPUT_ATTR]
+    assert decision["final_epochs"] == round(ctx.config.final.epochs * rate / reference)
+    assert f"{decision['final_epochs']} epochs of batch size 128" in decision["why"]
 
 
 def test_reference_size_reuses_stage_one_range(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001

@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from tuner import workers
-    from tuner.pipeline import prepare, run
+    from tuner.pipeline import budgeted_config, prepare, run
     from tuner.workers import threads_per_worker
 
     if args.study is None and not DEFAULT_STUDY.is_file():
@@ -74,6 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = config.replace(train=dataclasses.replace(
             config.train, device=args.device or config.train.device,
             threads=threads or config.train.threads))
+    if args.budget is not None:
+        config = budgeted_config(config, args.budget, storage=storage, run_name=args.run,
+                                 fresh=args.fresh)
     procs = []
     if args.workers > 1:  # N - 1 helpers join the run; this process is the N-th worker
         run_name = prepare(config, storage, args.run, args.fresh)
@@ -169,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start over under a new run name instead of resuming")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="fit a new run to this many tuning seconds on this machine (stages 1-4 "
+                        "cut down as needed, the refinement in what they leave)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes on this machine sharing the run (default 1)")
     p.add_argument("--threads", type=int, default=0,

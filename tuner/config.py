@@ -251,12 +251,17 @@ class RefineConfig:
 class FinalConfig:
     """Final 1cycle training on train + validation, scored once on the test split."""
 
-    epochs: int = 40
+    epochs: int = 40  # at train.batch_size
     seeds: tuple[int, ...] = (0, 1, 2)
+    # "time": the chosen batch size trains as long (in seconds) as `epochs` epochs at
+    # train.batch_size take, as the batch-size stage compared it; "epochs": `epochs` epochs.
+    length: str = "time"
 
     def __post_init__(self) -> None:
         _positive("final", epochs=self.epochs)
         _check(len(self.seeds) > 0, "final.seeds must not be empty.")
+        _check(self.length in ("time", "epochs"),
+               f"final.length must be 'time' or 'epochs', but got length={self.length!r}.")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import optuna
 import torch
 from torch import nn
 
+from tuner.budget import check_budget, fit_to_budget
 from tuner.config import ConfigError, StudyConfig, from_dict
 from tuner.dashboard import annotate_stage
 from tuner.data import Splits, load_splits
@@ -144,13 +145,17 @@ def prepare(config: StudyConfig, storage: str = DEFAULT_STORAGE, run_name: str |
 
 def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | None = None,
         fresh: bool = False, model_fn: Callable[[], nn.Module] | None = None,
-        splits: Splits | None = None) -> Result:
+        splits: Splits | None = None, budget_s: float | None = None) -> Result:
     """Run (or resume, or join as one more worker) every stage and return the decisions.
 
     ``model_fn`` and ``splits`` replace the built-in model and dataset named in ``config``.
+    ``budget_s`` fits a new run to that many tuning seconds on this machine (``tuner.budget``);
+    a run that exists already keeps the settings it was started with.
     Any number of processes may call this with the same storage and run name at once: they
     share each stage's trials and all reach the same decisions.
     """
+    if budget_s is not None:
+        check_budget(budget_s)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     device = resolve_device(config.train.device)
@@ -160,6 +165,9 @@ def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | 
         model_fn = model_factory(config.model, splits.num_classes)
 
     rdb = open_storage(storage)
+    if budget_s is not None:
+        config = (_stored_settings(rdb, config, None if fresh else run_name or config.name)
+                  or fit_to_budget(config, budget_s, model_fn, splits).config)
     run_name = _prepare(rdb, config, run_name, fresh)
     log.info("run %r in %s", run_name, mask_url(storage))
     ctx = Context(config, splits, model_fn, device, rdb, run_name)
@@ -191,6 +199,38 @@ def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | 
         log.info("[%d/%d] %s: %s (%.1f s)", index, len(STAGES), stage.NAME, decision["why"],
                  decision["seconds"])
     return Result(run_name, mask_url(storage), ctx.decisions)
+
+
+def budgeted_config(config: StudyConfig, budget_s: float, *, storage: str = DEFAULT_STORAGE,
+                    run_name: str | None = None, fresh: bool = False) -> StudyConfig:
+    """What ``run(config, budget_s=...)`` will run: ``config`` fitted to ``budget_s`` seconds
+    on this machine, or an existing run's stored settings (for a command that starts workers
+    before it runs)."""
+    check_budget(budget_s)
+    stored = _stored_settings(open_storage(storage), config, None if fresh else
+                              run_name or config.name)
+    if stored is not None:
+        return stored
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    splits = load_splits(config.data, resolve_device(config.train.device))
+    return fit_to_budget(config, budget_s, model_factory(config.model, splits.num_classes),
+                         splits).config
+
+
+def _stored_settings(rdb: optuna.storages.BaseStorage, config: StudyConfig,
+                     run_name: str | None) -> StudyConfig | None:
+    """The settings an existing run was started with (fitted to its budget then), with this
+    worker's own device, threads and data loading; None for a new run."""
+    stored = stored_config(rdb, run_name) if run_name is not None else None
+    if stored is None:
+        return None
+    log.info("run %r exists: it resumes with the settings it was started with", run_name)
+    old = from_dict(StudyConfig, stored)
+    return old.replace(train=dataclasses.replace(old.train, threads=config.train.threads,
+                                                 device=config.train.device),
+                       data=dataclasses.replace(old.data, workers=config.data.workers,
+                                                hold=config.data.hold))
 
 
 def join(storage: str = DEFAULT_STORAGE, run_name: str | None = None,

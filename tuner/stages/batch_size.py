@@ -6,7 +6,9 @@ and its 1cycle schedule is sized so the whole cycle fits in the budget: ``budget
 training, or by default the measured time a final training would take at the reference size
 (measured once and stored in the study, so every worker compares sizes at the same time).
 Validation loss is reported at equal fractions of the budget, so the pruner and the decision
-compare sizes at equal time.
+compare sizes at equal time. The decision also says how many epochs the final training of the
+chosen size takes to last as long as ``final.epochs`` at the reference size (``final_epochs``):
+a size that won with twice the epochs in the same time is trained as it was judged.
 
 A size that runs out of device memory is marked infeasible (user attr ``infeasible``), pruned
 and skipped with a message; the other sizes carry on.
@@ -40,34 +42,51 @@ def planned_steps(budget_s: float, steps_per_s: float) -> int:
 
 
 BUDGET_ATTR = "budget_s"
+THROUGHPUT_ATTR = "reference_samples_per_s"
 
 
-def final_training_seconds(ctx: Context) -> float:
-    """Training seconds of ``final.epochs`` epochs at ``train.batch_size`` on this device."""
+def reference_throughput(ctx: Context) -> float:
+    """Training samples per second at ``train.batch_size`` on this device (measured)."""
     cfg = ctx.config
     bs = cfg.train.batch_size
     scratch = ctx.new_model(cfg.train.seed)
     optimizer = make_sgd(scratch, ctx.decisions["lr_range"]["min_lr"],
                          ctx.decisions["momentum"]["max_momentum"],
                          ctx.decisions["weight_decay"]["weight_decay"])
-    steps_per_s = measure_throughput(scratch, optimizer, ctx.splits.train, bs,
-                                     generator=ctx.generator(cfg.train.seed))
-    return cfg.final.epochs * epoch_steps(len(ctx.splits.train), bs) / steps_per_s
+    return bs * measure_throughput(scratch, optimizer, ctx.splits.train, bs,
+                                   generator=ctx.generator(cfg.train.seed))
 
 
-def resolve_budget(ctx: Context, study: optuna.Study) -> float:
-    """The configured budget, or the measured one (stored on first use, read back after)."""
-    if ctx.config.batch_size.budget_s > 0:
-        return ctx.config.batch_size.budget_s
+def final_training_seconds(ctx: Context, samples_per_s: float) -> float:
+    """Training seconds of ``final.epochs`` epochs at ``train.batch_size``."""
+    bs = ctx.config.train.batch_size
+    steps = ctx.config.final.epochs * epoch_steps(len(ctx.splits.train), bs)
+    return steps * bs / samples_per_s
+
+
+def resolve_budget(ctx: Context, study: optuna.Study) -> tuple[float, float]:
+    """The budget per size (configured, or the measured time of a final training) and the
+    reference size's throughput, measured on first use and stored, so that every worker (and a
+    resumed run) compares sizes at the same time."""
     with storage_lock(ctx.storage, f"{study.study_name}/budget"):
-        stored = study.user_attrs.get(BUDGET_ATTR)
-        if stored is not None:
-            return float(stored)
-        budget = final_training_seconds(ctx)
-        study.set_user_attr(BUDGET_ATTR, budget)
-    log.info("budget per batch size: %.2f s, the measured training time of %d epochs at batch "
-             "size %d", budget, ctx.config.final.epochs, ctx.config.train.batch_size)
-    return budget
+        throughput = study.user_attrs.get(THROUGHPUT_ATTR)
+        if throughput is None:
+            throughput = reference_throughput(ctx)
+            study.set_user_attr(THROUGHPUT_ATTR, throughput)
+        if ctx.config.batch_size.budget_s > 0:
+            return ctx.config.batch_size.budget_s, float(throughput)
+        budget = study.user_attrs.get(BUDGET_ATTR)
+        if budget is None:
+            budget = final_training_seconds(ctx, throughput)
+            study.set_user_attr(BUDGET_ATTR, budget)
+            log.info("budget per batch size: %.2f s, the measured training time of %d epochs at "
+                     "batch size %d", budget, ctx.config.final.epochs, ctx.config.train.batch_size)
+    return float(budget), float(throughput)
+
+
+def equal_time_epochs(epochs: int, samples_per_s: float, reference_samples_per_s: float) -> int:
+    """Epochs that take as long at ``samples_per_s`` as ``epochs`` at the reference rate."""
+    return max(1, round(epochs * samples_per_s / reference_samples_per_s))
 
 
 def pruner(ctx: Context) -> optuna.pruners.BasePruner:
@@ -80,12 +99,17 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     mom = ctx.decisions["momentum"]
     wd = ctx.decisions["weight_decay"]["weight_decay"]
     train, val = ctx.splits.train, ctx.splits.val
-    budget_s = resolve_budget(ctx, study)
     stage1 = ctx.decisions["lr_range"]
     sizes = [b for b in bcfg.values if b <= len(train)]
     if len(sizes) < len(bcfg.values):
         log.warning("batch sizes %s exceed the %d training samples and are skipped",
                     [b for b in bcfg.values if b > len(train)], len(train))
+    if sizes == [cfg.train.batch_size]:  # nothing to compare: no runs
+        return {"batch_size": sizes[0], "min_lr": stage1["min_lr"], "max_lr": stage1["max_lr"],
+                "final_epochs": cfg.final.epochs,
+                "why": f"the only candidate is the reference size {sizes[0]} (batch_size.values "
+                       f"= {list(bcfg.values)}): stage 1's LR range, no runs"}
+    budget_s, reference_rate = resolve_budget(ctx, study)
 
     def objective(trial: Trial) -> float:
         try:
@@ -142,6 +166,12 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     choice = decide_grid(trials, "batch_size", "batch size")
     best = next(t for t in trials if t.params["batch_size"] == choice.value
                 and "max_lr" in t.user_attrs)
+    rate = best.user_attrs["steps_per_second"] * choice.value
+    final_epochs = (cfg.final.epochs if choice.value == cfg.train.batch_size
+                    else equal_time_epochs(cfg.final.epochs, rate, reference_rate))
     return {"batch_size": choice.value, "min_lr": best.user_attrs["min_lr"],
             "max_lr": best.user_attrs["max_lr"], "budget_s": budget_s,
-            "why": f"{choice.why}, each with {budget_s:.3g} s of training"}
+            "final_epochs": final_epochs,
+            "why": f"{choice.why}, each with {budget_s:.3g} s of training; {final_epochs} "
+                   f"epochs of batch size {choice.value} take as long as {cfg.final.epochs} "
+                   f"of batch size {cfg.train.batch_size}"}

@@ -30,9 +30,19 @@ def hparams(ctx: Context) -> HParams:
                    d["weight_decay"], d["batch_size"])
 
 
+def epochs(ctx: Context) -> int:
+    """``final.epochs``, or with ``final.length = "time"`` the epochs of the chosen batch size
+    that last as long (the batch-size stage's ``final_epochs``)."""
+    cfg = ctx.config
+    if cfg.final.length == "epochs":
+        return cfg.final.epochs
+    return int(ctx.decisions["batch_size"].get("final_epochs", cfg.final.epochs))
+
+
 def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     cfg = ctx.config
     hp = hparams(ctx)
+    n_epochs = epochs(ctx)
     if ctx.splits.test is not None:
         train, scored, split = concat(ctx.splits.train, ctx.splits.val), ctx.splits.test, "test"
     else:
@@ -41,7 +51,7 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
 
     def objective(trial: Trial) -> float:
         seed = trial.suggest_categorical("seed", list(cfg.final.seeds))
-        result = one_cycle_run(ctx, trial, hp, total_steps=cfg.final.epochs * per_epoch,
+        result = one_cycle_run(ctx, trial, hp, total_steps=n_epochs * per_epoch,
                                eval_every=per_epoch, seed=seed, train=train, val=None,
                                prune=False)
         last = result.last
@@ -50,7 +60,7 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         trial.set_user_attr(f"{split}_accuracy", score.accuracy)
         trial.set_user_attr("train_seconds", last["seconds"])
         log.info("final training, seed %d: %d epochs in %.1f s, %s accuracy %.2f%%, loss %.4f",
-                 seed, cfg.final.epochs, last["seconds"], split, 100 * score.accuracy,
+                 seed, n_epochs, last["seconds"], split, 100 * score.accuracy,
                  score.loss)
         return score.accuracy
 
@@ -67,8 +77,8 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         "scored_on": split,
         "seeds": [t.params["seed"] for t in done],
         f"{split}_accuracies": accs,
-        "epochs": cfg.final.epochs,
+        "epochs": n_epochs,
         **hp.__dict__,
-        "why": f"1cycle for {cfg.final.epochs} epochs on {trained_on}, "
+        "why": f"1cycle for {n_epochs} epochs on {trained_on}, "
                f"{len(done)} seed(s), scored once on the {scored_name} split",
     }

@@ -1,0 +1,127 @@
+"""tuner.budget: stage costs from measured speeds, and a study cut down to fit a budget."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+import tuner
+from tuner import budget
+from tuner.budget import Sizes, Speed
+from tuner.config import ConfigError, RefineConfig, StudyConfig
+from tuner.models import build_model
+from tuner.storage import open_storage, stored_config
+
+from .conftest import tiny_config
+
+# 3 ms a step at every size, 3 µs an evaluated sample: about this machine's MNIST-1D CNN.
+SPEED = Speed({bs: 0.003 for bs in (32, 64, 128, 256, 512)}, 3e-6)
+SIZES = Sizes(n_train=3200, n_val=800)
+
+
+def test_grid_seconds_are_runs_times_epochs_times_an_epoch() -> None:
+    cfg = StudyConfig()
+    epoch = 100 * 0.003 + 800 * 3e-6  # 3200 / 32 steps, then one pass over the validation set
+    assert budget.grid_s(4, 2, 30, cfg, SPEED, SIZES) == pytest.approx(4 * 2 * 30 * epoch)
+
+
+def test_range_test_seconds_count_every_repeat_and_evaluation() -> None:
+    cfg = StudyConfig()  # 3 repeats, an evaluation of 1000 samples every 10 steps
+    expected = 3 * (1000 * 0.003 + 100 * 1000 * 3e-6)
+    assert budget.range_test_s(cfg, SPEED, 32, 1000) == pytest.approx(expected)
+
+
+def test_batch_size_stage_reuses_stage_one_range_test_for_the_reference_size() -> None:
+    cfg = StudyConfig()
+    per_size = budget.size_budget_s(cfg, SPEED, SIZES) + 10 * 800 * 3e-6 + 2 * 0.3
+    tests = 4 * budget.range_test_s(cfg, SPEED, 64, 1000)  # not for 32, the reference size
+    assert budget.batch_size_s(cfg, SPEED, SIZES) == pytest.approx(5 * per_size + tests)
+    # the default budget per size: a final training (40 epochs) at the reference size
+    assert budget.size_budget_s(cfg, SPEED, SIZES) == pytest.approx(40 * 100 * 0.003)
+
+
+def test_a_large_budget_cuts_nothing_and_refines_in_the_rest() -> None:
+    cfg = StudyConfig()
+    plan = budget.plan(cfg, 1000.0, SPEED, SIZES)
+    assert plan.applied == []
+    assert plan.fits
+    assert plan.config == cfg.replace(refine=RefineConfig(total_s=1000.0))
+
+
+def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
+    cfg = StudyConfig()
+    full = sum(budget.stage_seconds(cfg, SPEED, SIZES).values())
+    plan = budget.plan(cfg, 0.6 * full, SPEED, SIZES)
+    assert plan.fits
+    assert sum(plan.estimated_s.values()) <= 0.6 * full
+    order = [name for name, _cut in budget.cuts()]
+    assert plan.applied == order[:len(plan.applied)]
+    assert plan.config.lr_range.repeats == 2  # the first cut
+    assert plan.config.momentum.repeats == plan.config.weight_decay.repeats == 1
+    assert plan.config.refine.total_s == pytest.approx(0.6 * full)
+    # the cut-down study is a valid study whose estimate is the one reported
+    assert budget.stage_seconds(plan.config, SPEED, SIZES) == plan.estimated_s
+
+
+def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
+    plan = budget.plan(StudyConfig(), 1.0, SPEED, SIZES)
+    assert not plan.fits
+    assert len(plan.applied) == len(budget.cuts())
+    assert plan.config.momentum.epochs == 12
+    assert plan.config.lr_range.repeats == 1
+    assert plan.config.batch_size.values == (32,)  # the reference alone: no batch-size runs
+    assert plan.estimated_s["batch_size"] == 0.0
+
+
+def test_fewer_batch_sizes_keep_those_nearest_the_reference() -> None:
+    cfg = StudyConfig()
+    cut = dict(budget.cuts())
+    assert cut["batch sizes within 4x of the reference"](cfg).batch_size.values == (32, 64, 128)
+    assert cut["batch sizes within 2x of the reference"](cfg).batch_size.values == (32, 64)
+    # the comparison stays at a final training's time: the budget per size is not cut
+    assert cut["batch sizes within 2x of the reference"](cfg).batch_size.budget_s == 0.0
+
+
+@pytest.mark.parametrize("seconds", [0.0, -5.0, math.inf, math.nan])
+def test_bad_budget_is_refused_with_the_value(seconds: float) -> None:
+    with pytest.raises(ConfigError, match="budget_s="):
+        budget.plan(StudyConfig(), seconds, SPEED, SIZES)
+
+
+def test_measured_speed_covers_each_size_that_fits(mnist1d_splits) -> None:  # noqa: ANN001
+    speed = budget.measure_speed(lambda: build_model("mnist1d_cnn", 10), mnist1d_splits,
+                                 [64, 32, 100_000], eval_batch_size=1024)
+    assert sorted(speed.step_s) == [32, 64]  # 100000 > the training samples: skipped
+    assert all(0 < s < 1 for s in speed.step_s.values())
+    assert 0 < speed.eval_sample_s < speed.step_s[32]
+
+
+def test_run_with_a_budget_stores_the_fitted_study_and_resumes_with_it(
+        tmp_path: Path, mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    url = f"sqlite:///{tmp_path}/t.db"
+    cfg = tiny_config()
+    result = tuner.run(cfg, storage=url, splits=mnist1d_splits, budget_s=5.0)
+    stored = stored_config(open_storage(url), result.run)
+    assert stored["refine"]["total_s"] == 5.0
+    assert result.decisions["refine"]  # the refinement ran (or said why not) in what was left
+
+    def no_planning(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("an existing run was fitted again")
+
+    monkeypatch.setattr("tuner.pipeline.fit_to_budget", no_planning)
+    again = tuner.run(cfg, storage=url, splits=mnist1d_splits, budget_s=5.0)
+    assert again.decisions == result.decisions
+
+
+def test_cli_refuses_a_bad_budget_before_storing_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner.cli import main
+
+    db = tmp_path / "t.db"
+    assert main(["run", "studies/mnist1d_cnn.toml", "--storage", f"sqlite:///{db}",
+                 "--budget", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "budget_s=0.0" in err
+    assert not db.exists()

@@ -1,0 +1,225 @@
+"""Fit a study to a tuning budget in seconds (``tuner run --budget SECONDS``).
+
+The stages' costs are estimated from throughputs measured on this machine (seconds per training
+step at each candidate batch size, seconds per evaluated sample), then the study is cut down one
+step at a time in a fixed order until stages 1-4 fit: fewer range-test repeats, one seed per
+momentum and weight-decay value, shorter short runs, fewer batch sizes (``cuts``). Whatever
+stages 1-4 leave goes to the refinement (``refine.total_s`` = the budget). The estimates are
+upper bounds: a range test that diverges early and a pruned run cost less, and the refinement
+takes up the slack.
+
+A faster machine keeps more of the study in the same seconds; the cut-down study is stored with
+the run like any other, so a resumed run or another worker uses it as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from tuner.config import ConfigError, StudyConfig
+from tuner.data import Splits
+from tuner.stages.common import epoch_steps
+from tuner.train import evaluate, make_sgd, measure_throughput
+
+log = logging.getLogger(__name__)
+
+THROUGHPUT_SECONDS = 0.3  # measuring time per batch size (after a warm-up)
+
+
+class Speed(NamedTuple):
+    """What this machine measured: seconds per training step by batch size, and seconds per
+    evaluated sample."""
+
+    step_s: dict[int, float]
+    eval_sample_s: float
+
+
+class Sizes(NamedTuple):
+    """The data sizes the costs depend on."""
+
+    n_train: int
+    n_val: int
+
+
+def range_test_s(cfg: StudyConfig, speed: Speed, batch_size: int, iters: int) -> float:
+    """Seconds of ``lr_range.repeats`` range tests of ``iters`` steps (if none diverges)."""
+    r = cfg.lr_range
+    evals = iters // r.eval_every * r.val_subset
+    return r.repeats * (iters * speed.step_s[batch_size] + evals * speed.eval_sample_s)
+
+
+def grid_s(values: int, repeats: int, epochs: int, cfg: StudyConfig, speed: Speed,
+           sizes: Sizes) -> float:
+    """Seconds of a grid of short runs at ``train.batch_size``, one evaluation per epoch."""
+    bs = cfg.train.batch_size
+    epoch = epoch_steps(sizes.n_train, bs) * speed.step_s[bs] + sizes.n_val * speed.eval_sample_s
+    return values * repeats * epochs * epoch
+
+
+def size_budget_s(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
+    """Training seconds per batch size: the configured budget or a final training's time."""
+    if cfg.batch_size.budget_s > 0:
+        return cfg.batch_size.budget_s
+    bs = cfg.train.batch_size
+    return cfg.final.epochs * epoch_steps(sizes.n_train, bs) * speed.step_s[bs]
+
+
+def batch_size_s(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
+    """Seconds of the batch-size stage: per size a range test (the reference size reuses stage
+    1's), a throughput measurement, the equal-time run and its evaluations."""
+    b = cfg.batch_size
+    if [bs for bs in b.values if bs <= sizes.n_train] == [cfg.train.batch_size]:
+        return 0.0  # the reference size alone: decided without runs
+    per_size = size_budget_s(cfg, speed, sizes) + b.reports * sizes.n_val * speed.eval_sample_s
+    total = 0.0
+    for bs in b.values:
+        if bs > sizes.n_train:
+            continue
+        reuse = bs == cfg.train.batch_size and b.range_test_iters == cfg.lr_range.num_iters
+        total += (0.0 if reuse else range_test_s(cfg, speed, bs, b.range_test_iters))
+        total += per_size + 2 * THROUGHPUT_SECONDS
+    return total
+
+
+def stage_seconds(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> dict[str, float]:
+    """Estimated seconds of stages 1-4 (upper bounds: no early stop, no pruning)."""
+    return {
+        "lr_range": range_test_s(cfg, speed, cfg.train.batch_size, cfg.lr_range.num_iters),
+        "momentum": grid_s(len(cfg.momentum.values), cfg.momentum.repeats, cfg.momentum.epochs,
+                           cfg, speed, sizes),
+        "weight_decay": grid_s(len(cfg.weight_decay.values), cfg.weight_decay.repeats,
+                               cfg.weight_decay.epochs, cfg, speed, sizes),
+        "batch_size": batch_size_s(cfg, speed, sizes),
+    }
+
+
+def _repeats(lr: int | None = None, grid: int | None = None) -> Callable[[StudyConfig],
+                                                                          StudyConfig]:
+    def cut(cfg: StudyConfig) -> StudyConfig:
+        if lr is not None:
+            cfg = cfg.replace(lr_range=dataclasses.replace(
+                cfg.lr_range, repeats=min(lr, cfg.lr_range.repeats)))
+        if grid is not None:
+            cfg = cfg.replace(
+                momentum=dataclasses.replace(cfg.momentum,
+                                             repeats=min(grid, cfg.momentum.repeats)),
+                weight_decay=dataclasses.replace(cfg.weight_decay,
+                                                 repeats=min(grid, cfg.weight_decay.repeats)))
+        return cfg
+    return cut
+
+
+def _short_epochs(epochs: int) -> Callable[[StudyConfig], StudyConfig]:
+    def cut(cfg: StudyConfig) -> StudyConfig:
+        return cfg.replace(
+            momentum=dataclasses.replace(cfg.momentum, epochs=min(epochs, cfg.momentum.epochs)),
+            weight_decay=dataclasses.replace(cfg.weight_decay,
+                                             epochs=min(epochs, cfg.weight_decay.epochs)))
+    return cut
+
+
+def _sizes(keep: Callable[[int, int], bool]) -> Callable[[StudyConfig], StudyConfig]:
+    """Only the candidate batch sizes ``keep(size, reference)`` accepts (the reference always)."""
+    def cut(cfg: StudyConfig) -> StudyConfig:
+        ref = cfg.train.batch_size
+        values = tuple(b for b in cfg.batch_size.values if b == ref or keep(b, ref)) or (ref,)
+        return cfg.replace(batch_size=dataclasses.replace(cfg.batch_size, values=values))
+    return cut
+
+
+def cuts() -> list[tuple[str, Callable[[StudyConfig], StudyConfig]]]:
+    """The cut-downs in the order they are applied, each kept once applied. The batch sizes keep
+    being compared at a final training's time (a shorter horizon favours large batches, which
+    get more epochs in it, and ranks them as the final training would not); fewer sizes are
+    compared instead, the ones nearest the reference kept."""
+    return [
+        ("range tests from 2 seeds", _repeats(lr=2)),
+        ("one seed per momentum and weight-decay value", _repeats(grid=1)),
+        ("short runs of 20 epochs", _short_epochs(20)),
+        ("batch sizes within 4x of the reference",
+         _sizes(lambda b, ref: ref <= 4 * b and b <= 4 * ref)),
+        ("range tests from 1 seed", _repeats(lr=1)),
+        ("short runs of 12 epochs", _short_epochs(12)),
+        ("batch sizes within 2x of the reference",
+         _sizes(lambda b, ref: ref <= 2 * b and b <= 2 * ref)),
+        ("the reference batch size only (no batch-size runs)", _sizes(lambda b, ref: False)),
+    ]
+
+
+def check_budget(budget_s: float) -> None:
+    if not 0 < budget_s < math.inf:
+        raise ConfigError(f"the tuning budget must be a finite number of seconds > 0, but got "
+                          f"{budget_s=}.")
+
+
+class Plan(NamedTuple):
+    config: StudyConfig
+    estimated_s: dict[str, float]  # stages 1-4 of the planned config
+    applied: list[str]  # the cut-downs applied, in order
+    fits: bool
+
+
+def plan(cfg: StudyConfig, budget_s: float, speed: Speed, sizes: Sizes) -> Plan:
+    """Cut ``cfg`` down until stages 1-4 are estimated to fit ``budget_s``; the refinement gets
+    the rest (``refine.total_s = budget_s``)."""
+    check_budget(budget_s)
+    applied: list[str] = []
+    estimate = stage_seconds(cfg, speed, sizes)
+    for name, cut in cuts():
+        if sum(estimate.values()) <= budget_s:
+            break
+        smaller = cut(cfg)
+        if smaller != cfg:
+            cfg, estimate = smaller, stage_seconds(smaller, speed, sizes)
+            applied.append(name)
+    fits = sum(estimate.values()) <= budget_s
+    cfg = cfg.replace(refine=dataclasses.replace(cfg.refine, total_s=budget_s))
+    return Plan(cfg, estimate, applied, fits)
+
+
+def measure_speed(model_fn: Callable[[], nn.Module], splits: Splits, batch_sizes: Sequence[int],
+                  eval_batch_size: int, seed: int = 0) -> Speed:
+    """Seconds per training step at each batch size (scratch models) and per evaluated sample."""
+    step_s = {}
+    for bs in sorted(set(batch_sizes)):
+        if bs > len(splits.train):
+            continue
+        torch.manual_seed(seed)
+        model = model_fn().to(splits.train.device)
+        steps_per_s = measure_throughput(model, make_sgd(model, 1e-3, 0.9, 0.0), splits.train, bs,
+                                         min_seconds=THROUGHPUT_SECONDS,
+                                         generator=torch.Generator().manual_seed(seed))
+        step_s[bs] = 1.0 / steps_per_s
+    evaluate(model, splits.val, eval_batch_size)  # warm-up
+    t0 = time.perf_counter()
+    passes = 0
+    while time.perf_counter() - t0 < THROUGHPUT_SECONDS / 3 or passes < 2:
+        evaluate(model, splits.val, eval_batch_size)
+        passes += 1
+    return Speed(step_s, (time.perf_counter() - t0) / (passes * len(splits.val)))
+
+
+def fit_to_budget(cfg: StudyConfig, budget_s: float, model_fn: Callable[[], nn.Module],
+                  splits: Splits) -> Plan:
+    """Measure this machine, then ``plan``; logs what was cut."""
+    sizes = Sizes(len(splits.train), len(splits.val))
+    speed = measure_speed(model_fn, splits, [cfg.train.batch_size, *cfg.batch_size.values],
+                          cfg.train.eval_batch_size, cfg.train.seed)
+    result = plan(cfg, budget_s, speed, sizes)
+    total = sum(result.estimated_s.values())
+    cut = "; ".join(result.applied) or "nothing cut"
+    if result.fits:
+        log.info("budget %.0f s: stages 1-4 estimated at %.0f s at most (%s), the refinement "
+                 "gets the rest", budget_s, total, cut)
+    else:
+        log.warning("budget %.0f s is too small for the staged search: cut to its smallest (%s) "
+                    "it is still estimated at %.0f s", budget_s, cut, total)
+    return result
