@@ -55,7 +55,8 @@ def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
     full = sum(budget.stage_seconds(cfg, SPEED, SIZES).values())
     plan = budget.plan(cfg, 0.6 * full, SPEED, SIZES)
     assert plan.fits
-    assert sum(plan.estimated_s.values()) <= 0.6 * full
+    # planned with headroom: the machine's speed may change after it was measured
+    assert sum(plan.estimated_s.values()) <= budget.PLAN_SHARE * 0.6 * full
     order = [name for name, _cut in budget.cuts()]
     assert plan.applied == order[:len(plan.applied)]
     assert plan.config.lr_range.repeats == 2  # the first cut

@@ -50,7 +50,8 @@ def as_source(data: DatasetLike, what: str) -> Split:
 def tune(model_fn: Callable[[], nn.Module], train_set: DatasetLike, val_set: DatasetLike,
          config: StudyConfig | str | Path | None = None, *,
          test_set: DatasetLike | None = None, storage: str = DEFAULT_STORAGE,
-         run_name: str | None = None, fresh: bool = False) -> Result:
+         run_name: str | None = None, fresh: bool = False,
+         budget_s: float | None = None) -> Result:
     """Tune ``model_fn``'s hyper-parameters on ``train_set``, choosing by ``val_set``.
 
     ``config`` is a ``StudyConfig``, a study file's path, or None for the defaults (run name
@@ -58,6 +59,7 @@ def tune(model_fn: Callable[[], nn.Module], train_set: DatasetLike, val_set: Dat
     training runs on train + validation and is scored on it once (``result.test_accuracy``);
     without, it runs on train and is scored on validation (``result.accuracy``). Returns the
     stored run's name and the chosen values (``tuner.Result``); the same call resumes.
+    ``budget_s`` fits a new run to that many tuning seconds (``tuner.budget``).
     """
     if config is None:
         config = StudyConfig(name="tune")
@@ -70,4 +72,4 @@ def tune(model_fn: Callable[[], nn.Module], train_set: DatasetLike, val_set: Dat
                          as_source(test_set, "test_set") if test_set is not None else None,
                          config.data, device, name="tune")
     return run(config, storage=storage, run_name=run_name, fresh=fresh, model_fn=model_fn,
-               splits=splits)
+               splits=splits, budget_s=budget_s)
