@@ -161,3 +161,28 @@ def test_reference_size_reuses_stage_one_range(tmp_path: Path, mnist1d_splits) -
     assert "range_curve" not in by_size[64].user_attrs  # stage 1's test, not run again
     assert by_size[64].user_attrs["max_lr"] == 0.2
     assert "range_curve" in by_size[128].user_attrs
+
+
+def test_cap_range_applies_linear_scaling_to_larger_sizes_only() -> None:
+    found = bs_stage.LRRange(0.05, 0.5, "range test")
+    capped = bs_stage.cap_range(found, 128, 32, 0.1, 10.0)  # cap 0.1 x 4 = 0.4
+    assert capped.max_lr == pytest.approx(0.4) and capped.min_lr == pytest.approx(0.04)
+    assert "capped at 0.4" in capped.why
+    assert bs_stage.cap_range(found, 256, 32, 0.1, 10.0) == found  # 0.5 <= 0.8
+    assert bs_stage.cap_range(found, 16, 32, 0.01, 10.0) == found  # smaller sizes: their own
+
+
+def test_a_larger_size_gets_at_most_the_linearly_scaled_lr(tmp_path: Path,  # noqa: ANN001
+                                                           mnist1d_splits) -> None:
+    ctx, study = context(tmp_path, mnist1d_splits, (128,))
+    ctx.decisions["lr_range"] = {"min_lr": 0.001, "max_lr": 0.01, "batch_size": 64}
+    bs_stage.run(ctx, study)
+    (trial,) = study.trials
+    assert trial.user_attrs["range_test_max_lr"] > 0.02  # its own test reached further ...
+    assert trial.user_attrs["max_lr"] == pytest.approx(0.02)  # ... capped at 0.01 x 128/64
+    assert "linear scaling" in trial.user_attrs["lr_why"]
+
+
+def test_lr_cap_must_be_known() -> None:
+    with pytest.raises(ValueError, match=r"lr_cap must be one of \['linear', 'none'\].*'sqrt'"):
+        BatchSizeConfig(lr_cap="sqrt")

@@ -92,6 +92,17 @@ def test_pending_points_ignore_failed_trials(study: optuna.Study) -> None:
     assert pending_points(study.get_trials(), POINTS) == [POINTS[0]]
 
 
+def test_a_tag_sets_reruns_of_the_same_points_apart(study: optuna.Study) -> None:
+    enqueue_pending(study, POINTS)
+    rerun = {"repeat": 1}
+    assert pending_points(study.get_trials(), POINTS[:1], rerun) == POINTS[:1]
+    assert enqueue_pending(study, POINTS[:1], rerun) == 1
+    assert enqueue_pending(study, POINTS[:1], rerun) == 0
+    tagged = [t for t in study.get_trials() if t.user_attrs == rerun]
+    assert [trial_params(t) for t in tagged] == POINTS[:1]
+    assert len(study.get_trials()) == len(POINTS) + 1
+
+
 def test_pending_points_match_floats_closely_not_loosely(study: optuna.Study) -> None:
     enqueue_pending(study, [{"x": 0.1 + 0.2}])
     trials = study.get_trials()

@@ -207,6 +207,9 @@ class WeightDecayConfig:
         _positive("weight_decay", epochs=self.epochs, repeats=self.repeats)
 
 
+LR_CAPS = ("linear", "none")
+
+
 @dataclass(frozen=True)
 class BatchSizeConfig:
     """Candidate batch sizes, each trained for the same wall-clock budget."""
@@ -217,9 +220,14 @@ class BatchSizeConfig:
     budget_s: float = 0.0
     range_test_iters: int = 1000  # a short LR range test per size gives each its own LR
     reports: int = 10  # validation measurements per run, at equal fractions of the budget
+    # "linear": a size larger than train.batch_size gets at most stage 1's max LR x the size
+    # ratio (the linear scaling rule), however high its own range test reaches; "none": its own.
+    lr_cap: str = "linear"
 
     def __post_init__(self) -> None:
         _check(len(self.values) > 0, "batch_size.values must not be empty.")
+        _check(self.lr_cap in LR_CAPS, f"batch_size.lr_cap must be one of {list(LR_CAPS)}, but "
+               f"got lr_cap={self.lr_cap!r}.")
         for v in self.values:
             _check(v > 0, f"batch_size.values must be > 0, but got value={v!r}.")
         _check(0 <= self.budget_s < math.inf, "batch_size.budget_s must be a finite number >= 0 "

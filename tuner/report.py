@@ -280,7 +280,8 @@ def final_figure(info: FinalInfo) -> go.Figure:
 
 def refine_figure(info: RefineInfo) -> go.Figure:
     """Final validation loss against max LR, one marker per trial and a colour per weight
-    decay; pruned trials as crosses at the top, the staged and the chosen trial ringed."""
+    decay; pruned trials as crosses at the top, confirmation reruns (the next seed) as
+    diamonds, the staged and the chosen trial ringed."""
     fig = go.Figure()
     done = [p for p in info.points if p.value is not None]
     top = max((p.value for p in done), default=1.0)
@@ -291,8 +292,11 @@ def refine_figure(info: RefineInfo) -> go.Figure:
             x=[p.max_lr for p in ps], y=_r([p.value if p.value is not None else top for p in ps]),
             mode="markers", name=f"weight decay {wd:g}",
             marker={"color": _color(i), "size": 10,
-                    "symbol": ["circle" if p.value is not None else "x" for p in ps]},
-            customdata=[[p.number, p.momentum, p.state] for p in ps],
+                    "symbol": ["x" if p.value is None else "diamond" if p.repeat else "circle"
+                               for p in ps]},
+            customdata=[[p.number, p.momentum,
+                         f"{p.state}, confirmation (seed +{p.repeat})" if p.repeat else p.state]
+                        for p in ps],
             hovertemplate="trial %{customdata[0]}: %{customdata[2]}<br>max LR %{x:.4g}<br>"
                           "momentum %{customdata[1]}<br>val loss %{y:.4f}<extra></extra>"))
     for number, label, size in ((info.staged, "staged values", 22), (info.chosen, "chosen", 16)):

@@ -313,6 +313,7 @@ class RefinePoint:
     weight_decay: float
     state: str  # complete | pruned | diverged | failed | running
     value: float | None  # final validation loss (COMPLETE trials)
+    repeat: int = 0  # seed offset: 1 for a confirmation rerun of a search trial's values
 
 
 @dataclass(frozen=True)
@@ -333,11 +334,13 @@ def get_refine_info(study: optuna.Study) -> RefineInfo | None:
     decision = study.user_attrs.get(DECISION_ATTR) or {}
     points = [RefinePoint(t.number, t.params["max_lr"], t.params["max_momentum"],
                           t.params["weight_decay"], _trial_state(t),
-                          t.value if t.state == TrialState.COMPLETE else None)
+                          t.value if t.state == TrialState.COMPLETE else None,
+                          int(t.user_attrs.get("repeat", 0)))
               for t in sorted(trials, key=lambda t: t.number)]
     chosen = None
     if decision:
-        matches = [p for p in points if p.value is not None and p.max_lr == decision["max_lr"]
+        matches = [p for p in points if p.value is not None and not p.repeat
+                   and p.max_lr == decision["max_lr"]
                    and p.momentum == decision["max_momentum"]
                    and p.weight_decay == decision["weight_decay"]]
         chosen = matches[0].number if matches else None

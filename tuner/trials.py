@@ -83,11 +83,17 @@ def trial_params(trial: FrozenTrial) -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params", trial.params))
 
 
-def pending_points(trials: Sequence[FrozenTrial], points: Sequence[Mapping[str, Any]]
-                   ) -> list[dict[str, Any]]:
-    """Grid points with no trial that is done, waiting or running (those to enqueue)."""
+def _tagged(trial: FrozenTrial, tag: Mapping[str, Any] | None) -> bool:
+    """The trial carries every user attr of ``tag`` (any trial, for no tag)."""
+    return all(trial.user_attrs.get(k) == v for k, v in (tag or {}).items())
+
+
+def pending_points(trials: Sequence[FrozenTrial], points: Sequence[Mapping[str, Any]],
+                   tag: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Grid points with no trial (carrying ``tag``) that is done, waiting or running (those to
+    enqueue)."""
     live = (*DONE, TrialState.WAITING, TrialState.RUNNING)
-    taken = [trial_params(t) for t in trials if t.state in live]
+    taken = [trial_params(t) for t in trials if t.state in live and _tagged(t, tag)]
     return [dict(p) for p in points if not any(_same_params(p, q) for q in taken)]
 
 
@@ -116,10 +122,13 @@ def reap_orphans(study: optuna.Study) -> list[int]:
     return reaped
 
 
-def enqueue_pending(study: optuna.Study, points: Sequence[Mapping[str, Any]]) -> int:
-    todo = pending_points(study.get_trials(deepcopy=False), points)
+def enqueue_pending(study: optuna.Study, points: Sequence[Mapping[str, Any]],
+                    tag: Mapping[str, Any] | None = None) -> int:
+    """Enqueue the pending points; ``tag`` (user attrs) sets their trials apart from others
+    with the same params, such as a rerun of a point from another seed."""
+    todo = pending_points(study.get_trials(deepcopy=False), points, tag)
     for p in todo:
-        study.enqueue_trial(p)
+        study.enqueue_trial(p, user_attrs=dict(tag) if tag else None)
     return len(todo)
 
 
@@ -189,11 +198,12 @@ def run_trial(study: optuna.Study, trial: Trial, objective: Objective) -> TrialS
 
 def run_grid(study: optuna.Study, points: Sequence[Mapping[str, Any]], objective: Objective,
              poll_s: float = 0.5, on_trial: Callable[[FrozenTrial], None] | None = None,
-             ) -> list[FrozenTrial]:
+             tag: Mapping[str, Any] | None = None) -> list[FrozenTrial]:
     """Make sure every point of the grid has a COMPLETE or PRUNED trial; return those trials.
 
     Runs the WAITING trials this process can claim, then waits for trials that other live
-    workers are still running. Safe to call again after any interruption.
+    workers are still running. Safe to call again after any interruption. With ``tag`` only
+    trials carrying those user attrs count, and the enqueued ones get them.
     """
     # A progress bar on a terminal (tqdm turns itself off when stderr is not one).
     bar = tqdm(total=len(points), desc=study.study_name, unit="trial", leave=False, disable=None)
@@ -201,7 +211,7 @@ def run_grid(study: optuna.Study, points: Sequence[Mapping[str, Any]], objective
         while True:
             with storage_lock(study._storage, study.study_name):  # noqa: SLF001
                 reap_orphans(study)
-                enqueue_pending(study, points)
+                enqueue_pending(study, points, tag)
             bar.n = len(study.get_trials(deepcopy=False, states=DONE))
             bar.refresh()
             trial = claim(study)
@@ -217,4 +227,5 @@ def run_grid(study: optuna.Study, points: Sequence[Mapping[str, Any]], objective
                      len(running))
             time.sleep(poll_s)
     done = [t for t in study.get_trials(deepcopy=False, states=DONE)]
-    return [t for t in done if any(_same_params(trial_params(t), p) for p in points)]
+    return [t for t in done if _tagged(t, tag)
+            and any(_same_params(trial_params(t), p) for p in points)]

@@ -6,9 +6,16 @@ combination itself: its first trial is the staged result, then Optuna's TPE samp
 log-uniformly within ``lr_factor`` of it, momentum and weight decay among the staged values and
 their neighbours in the stage grids, at the chosen batch size, each trial a short 1cycle run (the
 momentum stage's length) pruned as the grids are. It stops before the tuning stages (1-4 and this
-one) would pass ``total_s`` seconds in all (or after ``max_trials``); the lowest final validation
-loss wins, so the staged result is kept unless a trial beats it. ``total_s = 0`` (the default)
-skips it: the staged values pass through unchanged.
+one) would pass ``total_s`` seconds in all (or after ``max_trials``). ``total_s = 0`` (the
+default) skips it: the staged values pass through unchanged.
+
+The staged result is kept unless a trial beats it, and a win must hold on a second seed. Each
+trial is one run from one seed, and the best of a dozen noisy runs is partly the luckiest one
+(measured on MNIST-1D: a refinement that won by 15% in validation loss from one seed chose
+weight decay 1e-5 and scored 95.0% on test, where the staged 1e-3 scored 96%). So the winner and
+the staged values are each run once more from the next seed (trials tagged ``repeat = 1``, not
+pruned; their time is kept free in the budget), and the winner replaces the staged values only
+if its mean final validation loss over the two seeds is lower.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tuner.locks import storage_lock
 from tuner.stages.common import Context, HParams, epoch_steps, one_cycle_run
-from tuner.trials import claim, new_trial, reap_orphans, run_trial
+from tuner.trials import claim, new_trial, reap_orphans, run_grid, run_trial, trial_params
 
 NAME = "refine"
 TUNING_STAGES = ("lr_range", "momentum", "weight_decay", "batch_size")
+REPEAT_ATTR = "repeat"  # user attr of a confirmation rerun: the seed offset
+CONFIRMATION = {REPEAT_ATTR: 1}
 log = logging.getLogger(__name__)
 
 
@@ -96,12 +105,15 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         max_lr = trial.suggest_float("max_lr", search.lr_low, search.lr_high, log=True)
         mom = trial.suggest_categorical("max_momentum", search.momenta)
         wd = trial.suggest_categorical("weight_decay", search.decays)
+        repeat = int(trial.user_attrs.get(REPEAT_ATTR, 0))
         hp = HParams(max_lr / cfg.lr_range.min_lr_div, max_lr, mom, base["min_momentum"], wd, bs)
         last = one_cycle_run(ctx, trial, hp, total_steps=cfg.momentum.epochs * per_epoch,
-                             eval_every=per_epoch, seed=cfg.train.seed, train=ctx.splits.train,
-                             val=ctx.splits.val).last
-        log.info("refine: LR %.3g, momentum %g, weight decay %g: val loss %.4f, accuracy %.1f%%",
-                 max_lr, mom, wd, last["val_loss"], 100 * last["val_accuracy"])
+                             eval_every=per_epoch, seed=cfg.train.seed + repeat,
+                             train=ctx.splits.train, val=ctx.splits.val,
+                             prune=repeat == 0).last
+        log.info("refine%s: LR %.3g, momentum %g, weight decay %g: val loss %.4f, accuracy "
+                 "%.1f%%", f" (confirming, seed +{repeat})" if repeat else "", max_lr, mom, wd,
+                 last["val_loss"], 100 * last["val_accuracy"])
         return last["val_loss"]
 
     with storage_lock(ctx.storage, study.study_name):
@@ -112,12 +124,14 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     while True:
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                             TrialState.PRUNED))
-        # The staged point's full run says what one more trial costs.
+        # The staged point's full run says what one more trial costs; the confirmation's two
+        # runs are kept free.
         typical = seconds_spent(finished[:1])
-        if finished and before + seconds_spent(finished) + typical > cfg.refine.total_s:
+        if finished and (before + seconds_spent(finished) + (1 + CONFIRM_RUNS) * typical
+                         > cfg.refine.total_s):
             break
-        started = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                           TrialState.PRUNED, TrialState.RUNNING))
+        started = search_trials(study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
         if 0 < cfg.refine.max_trials <= len(started):
             break
         trial = claim(study) or new_trial(study)
@@ -126,34 +140,86 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         time.sleep(0.5)  # other workers' last trials belong to the decision too
         with storage_lock(ctx.storage, study.study_name):
             reap_orphans(study)  # ... unless their worker died
+    contest = contenders(study.get_trials(deepcopy=False))
+    if contest is not None:  # a trial beat the staged values: rerun both from the next seed
+        run_grid(study, [trial_params(t) for t in contest], objective, tag=CONFIRMATION)
     trials = study.get_trials(deepcopy=False)
     return decide(trials, base, cfg.lr_range.min_lr_div, seconds_spent(trials))
 
 
-def decide(trials: Sequence[FrozenTrial], base: dict[str, Any], min_lr_div: float,
-           seconds: float) -> dict[str, Any]:
-    """The COMPLETE trial with the lowest final validation loss; the staged values if none."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+CONFIRM_RUNS = 2
+
+
+def search_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The search's own trials (not the confirmation reruns)."""
+    return [t for t in trials if not t.user_attrs.get(REPEAT_ATTR)]
+
+
+def contenders(trials: Sequence[FrozenTrial]) -> tuple[FrozenTrial, FrozenTrial] | None:
+    """(staged, best) when a search trial beat the COMPLETE staged trial; else None."""
+    search = search_trials(trials)
+    complete = [t for t in search if t.state == TrialState.COMPLETE and t.value is not None
                 and math.isfinite(t.value)]
     if not complete:
-        return {**base, "trials": len(trials),
-                "why": f"every one of {len(trials)} refinement trial(s) was pruned or "
-                       f"diverged: the staged values"}
+        return None
+    first = min(search, key=lambda t: t.number)
     best = min(complete, key=lambda t: (t.value, t.number))
-    first = min(trials, key=lambda t: t.number)
-    p = best.params
-    decision = {**base, "min_lr": p["max_lr"] / min_lr_div, "max_lr": p["max_lr"],
-                "max_momentum": p["max_momentum"], "weight_decay": p["weight_decay"],
-                "trials": len(trials), "staged": base}
+    if best.number == first.number or first.state != TrialState.COMPLETE:
+        return None
+    return first, best
+
+
+def rerun_loss(trials: Sequence[FrozenTrial], of: FrozenTrial) -> float | None:
+    """The confirmation rerun's final loss for ``of``'s params: inf if it was pruned or
+    diverged, None if there is none (yet)."""
+    for t in trials:
+        if (t.user_attrs.get(REPEAT_ATTR) and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                and trial_params(t) == trial_params(of)):
+            ok = t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+            return t.value if ok else math.inf
+    return None
+
+
+def decide(trials: Sequence[FrozenTrial], base: dict[str, Any], min_lr_div: float,
+           seconds: float) -> dict[str, Any]:
+    """The search trial with the lowest final validation loss, if it also beats the staged
+    values on the mean over two seeds (its confirmation); the staged values otherwise."""
+    search = search_trials(trials)
+    complete = [t for t in search if t.state == TrialState.COMPLETE and t.value is not None
+                and math.isfinite(t.value)]
+    n = len(search)
+    base = {**base, "staged": dict(base)}
+    if not complete:
+        return {**base, "trials": len(trials),
+                "why": f"every one of {n} refinement trial(s) was pruned or diverged: the "
+                       f"staged values"}
+    best = min(complete, key=lambda t: (t.value, t.number))
+    first = min(search, key=lambda t: t.number)
     if best.number == first.number:
-        why = (f"the staged values kept their lowest validation loss {best.value:.4g} against "
-               f"{len(trials) - 1} refinement trial(s) in {seconds:.0f} s")
+        return {**base, "trials": len(trials),
+                "why": f"the staged values kept their lowest validation loss {best.value:.4g} "
+                       f"against {n - 1} refinement trial(s) in {seconds:.0f} s"}
+    p = best.params
+    found = (f"LR {p['max_lr'] / min_lr_div:.3g} – {p['max_lr']:.3g}, momentum "
+             f"{p['max_momentum']:g}, weight decay {p['weight_decay']:g}")
+    if first.state == TrialState.COMPLETE:  # a win over the staged values must hold twice
+        again, staged_again = rerun_loss(trials, best), rerun_loss(trials, first)
+        if again is None or staged_again is None:
+            return {**base, "trials": len(trials),
+                    "why": f"{found} beat the staged values from one seed ({best.value:.4g} "
+                           f"against {first.value:.4g}) but was not confirmed from a second: "
+                           f"the staged values"}
+        mean, staged_mean = (best.value + again) / 2, (first.value + staged_again) / 2
+        if not mean < staged_mean:
+            return {**base, "trials": len(trials),
+                    "why": f"the staged values kept the lower validation loss over two seeds "
+                           f"({staged_mean:.4g} against {mean:.4g} for {found}, the best of "
+                           f"{n - 1} refinement trial(s) from one seed) in {seconds:.0f} s"}
+        versus = f"{mean:.4g} over two seeds against the staged values' {staged_mean:.4g}"
     else:
-        staged_loss = (f"{first.value:.4g}" if first.state == TrialState.COMPLETE
-                       else "pruned")
-        why = (f"LR {p['max_lr'] / min_lr_div:.3g} – {p['max_lr']:.3g}, momentum "
-               f"{p['max_momentum']:g}, weight decay {p['weight_decay']:g} gave validation loss "
-               f"{best.value:.4g} (staged values: {staged_loss}), best of {len(trials)} trials "
-               f"in {seconds:.0f} s")
-    decision["why"] = why
-    return decision
+        versus = f"{best.value:.4g} (staged values: pruned or diverged)"
+    return {**base, "min_lr": p["max_lr"] / min_lr_div, "max_lr": p["max_lr"],
+            "max_momentum": p["max_momentum"], "weight_decay": p["weight_decay"],
+            "trials": len(trials),
+            "why": f"{found} gave validation loss {versus}, best of {n} trials in "
+                   f"{seconds:.0f} s"}
