@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from tuner.config import BatchSizeConfig
 from tuner.models import build_model
 from tuner.stages import batch_size as bs_stage
-from tuner.stages.common import Context
+from tuner.stages.common import Context, decide_grid
 from tuner.storage import open_storage
 
 from .conftest import tiny_config
@@ -186,3 +186,23 @@ def test_a_larger_size_gets_at_most_the_linearly_scaled_lr(tmp_path: Path,  # no
 def test_lr_cap_must_be_known() -> None:
     with pytest.raises(ValueError, match=r"lr_cap must be one of \['linear', 'none'\].*'sqrt'"):
         BatchSizeConfig(lr_cap="sqrt")
+
+
+def _grid(*rows: tuple[int, float]) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.create_study()
+    dist = optuna.distributions.CategoricalDistribution([32, 64, 128])
+    for size, value in rows:
+        study.add_trial(optuna.trial.create_trial(params={"batch_size": size},
+                                                  distributions={"batch_size": dist},
+                                                  value=value))
+    return study.get_trials()
+
+
+@pytest.mark.parametrize(("loss_128", "kept"), [(0.19, 32), (0.17, 128)])
+def test_another_size_must_beat_the_reference_by_the_margin(loss_128: float, kept: int) -> None:
+    trials = _grid((32, 0.2), (64, 0.21), (128, loss_128))
+    choice = decide_grid(trials, "batch_size", "batch size")
+    assert choice.value == 128
+    decided = bs_stage.keep_reference(choice, trials, 32, 0.1)  # 128 needs < 0.18
+    assert decided.value == kept
+    assert ("within 10%" in decided.why) == (kept == 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -160,7 +161,6 @@ def test_decide_keeps_staged_values_when_nothing_completes() -> None:
 
 def test_a_trial_left_running_by_a_dead_worker_is_failed_not_waited_for(
         tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
-    import dataclasses
     import socket
 
     from tuner.trials import WORKER_ATTR

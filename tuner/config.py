@@ -223,9 +223,14 @@ class BatchSizeConfig:
     # "linear": a size larger than train.batch_size gets at most stage 1's max LR x the size
     # ratio (the linear scaling rule), however high its own range test reaches; "none": its own.
     lr_cap: str = "linear"
+    # Another size replaces train.batch_size (at which stages 1-3 were tuned) only when its final
+    # validation loss is lower by more than this share; 0 = the lowest loss wins outright.
+    margin: float = 0.1
 
     def __post_init__(self) -> None:
         _check(len(self.values) > 0, "batch_size.values must not be empty.")
+        _check(0 <= self.margin < 1, f"batch_size.margin must be in [0, 1), but got "
+               f"margin={self.margin!r}.")
         _check(self.lr_cap in LR_CAPS, f"batch_size.lr_cap must be one of {list(LR_CAPS)}, but "
                f"got lr_cap={self.lr_cap!r}.")
         for v in self.values:

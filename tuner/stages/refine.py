@@ -4,10 +4,11 @@ Stages 1-4 each decide one value with the others held fixed, from a curve (the r
 grid, and the batch-size stage re-derives the LR for the chosen size. The refinement checks the
 combination itself: its first trial is the staged result, then Optuna's TPE samples the max LR
 log-uniformly within ``lr_factor`` of it, momentum and weight decay among the staged values and
-their neighbours in the stage grids, at the chosen batch size, each trial a short 1cycle run (the
-momentum stage's length) pruned as the grids are. It stops before the tuning stages (1-4 and this
-one) would pass ``total_s`` seconds in all (or after ``max_trials``). ``total_s = 0`` (the
-default) skips it: the staged values pass through unchanged.
+their neighbours in the stage grids, at the chosen batch size, each trial a short 1cycle run (as
+long as the momentum stage's runs take at the reference size) pruned as the grids are. It stops
+before the tuning stages (1-4 and this one) would pass ``total_s`` seconds in all (or after
+``max_trials``). ``total_s = 0`` (the default) skips it: the staged values pass through
+unchanged.
 
 The staged result is kept unless a trial beats it, and a win must hold on a second seed. Each
 trial is one run from one seed, and the best of a dozen noisy runs is partly the luckiest one
@@ -67,11 +68,28 @@ def staged(ctx: Context) -> dict[str, Any]:
 
 
 def box(ctx: Context, base: dict[str, Any]) -> Box:
+    """Max LR within ``lr_factor`` of the staged one (for a batch larger than the reference, no
+    higher than the batch-size stage's linear-scaling cap), momentum and weight decay among the
+    staged values and their grid neighbours."""
     cfg = ctx.config
     f = cfg.refine.lr_factor
-    return Box(base["max_lr"] / f, base["max_lr"] * f,
+    high = base["max_lr"] * f
+    bs, ref = base["batch_size"], cfg.train.batch_size
+    if cfg.batch_size.lr_cap == "linear" and bs > ref:
+        high = min(high, max(base["max_lr"], ctx.decisions["lr_range"]["max_lr"] * bs / ref))
+    return Box(base["max_lr"] / f, high,
                neighbours(cfg.momentum.values, base["max_momentum"]),
                neighbours(cfg.weight_decay.values, base["weight_decay"]))
+
+
+def run_epochs(ctx: Context) -> int:
+    """Epochs of one refinement run: the short runs' ``momentum.epochs`` at the reference size;
+    at another size (with ``final.length = "time"``), the epochs that take as long."""
+    cfg = ctx.config
+    final_epochs = ctx.decisions.get("batch_size", {}).get("final_epochs", cfg.final.epochs)
+    if cfg.final.length != "time" or final_epochs == cfg.final.epochs:
+        return cfg.momentum.epochs
+    return max(1, round(cfg.momentum.epochs * final_epochs / cfg.final.epochs))
 
 
 def seconds_spent(trials: Sequence[FrozenTrial]) -> float:
@@ -81,7 +99,7 @@ def seconds_spent(trials: Sequence[FrozenTrial]) -> float:
 
 
 def pruner(ctx: Context) -> optuna.pruners.BasePruner:
-    return ctx.pruner(reports=ctx.config.momentum.epochs)
+    return ctx.pruner(reports=run_epochs(ctx))
 
 
 def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
@@ -96,6 +114,7 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     search = box(ctx, base)
     bs = base["batch_size"]
     per_epoch = epoch_steps(len(ctx.splits.train), bs)
+    epochs = run_epochs(ctx)
     # Seeded for a reproducible run; a worker that joins later (or a resumption) starts from
     # another seed, so that two workers do not sample the same points.
     study.sampler = optuna.samplers.TPESampler(
@@ -107,7 +126,7 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         wd = trial.suggest_categorical("weight_decay", search.decays)
         repeat = int(trial.user_attrs.get(REPEAT_ATTR, 0))
         hp = HParams(max_lr / cfg.lr_range.min_lr_div, max_lr, mom, base["min_momentum"], wd, bs)
-        last = one_cycle_run(ctx, trial, hp, total_steps=cfg.momentum.epochs * per_epoch,
+        last = one_cycle_run(ctx, trial, hp, total_steps=epochs * per_epoch,
                              eval_every=per_epoch, seed=cfg.train.seed + repeat,
                              train=ctx.splits.train, val=ctx.splits.val,
                              prune=repeat == 0).last
