@@ -38,6 +38,7 @@ NAME = "refine"
 TUNING_STAGES = ("lr_range", "momentum", "weight_decay", "batch_size")
 REPEAT_ATTR = "repeat"  # user attr of a confirmation rerun: the seed offset
 CONFIRMATION = {REPEAT_ATTR: 1}
+CONFIRM_RUNS = 2  # the winner's and the staged values' reruns
 log = logging.getLogger(__name__)
 
 
@@ -166,19 +167,20 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     return decide(trials, base, cfg.lr_range.min_lr_div, seconds_spent(trials))
 
 
-CONFIRM_RUNS = 2
-
-
 def search_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The search's own trials (not the confirmation reruns)."""
     return [t for t in trials if not t.user_attrs.get(REPEAT_ATTR)]
 
 
+def scored(t: FrozenTrial) -> bool:
+    """COMPLETE with a finite final loss."""
+    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+
+
 def contenders(trials: Sequence[FrozenTrial]) -> tuple[FrozenTrial, FrozenTrial] | None:
     """(staged, best) when a search trial beat the COMPLETE staged trial; else None."""
     search = search_trials(trials)
-    complete = [t for t in search if t.state == TrialState.COMPLETE and t.value is not None
-                and math.isfinite(t.value)]
+    complete = [t for t in search if scored(t)]
     if not complete:
         return None
     first = min(search, key=lambda t: t.number)
@@ -194,8 +196,7 @@ def rerun_loss(trials: Sequence[FrozenTrial], of: FrozenTrial) -> float | None:
     for t in trials:
         if (t.user_attrs.get(REPEAT_ATTR) and t.state in (TrialState.COMPLETE, TrialState.PRUNED)
                 and trial_params(t) == trial_params(of)):
-            ok = t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-            return t.value if ok else math.inf
+            return t.value if scored(t) else math.inf
     return None
 
 
@@ -204,8 +205,7 @@ def decide(trials: Sequence[FrozenTrial], base: dict[str, Any], min_lr_div: floa
     """The search trial with the lowest final validation loss, if it also beats the staged
     values on the mean over two seeds (its confirmation); the staged values otherwise."""
     search = search_trials(trials)
-    complete = [t for t in search if t.state == TrialState.COMPLETE and t.value is not None
-                and math.isfinite(t.value)]
+    complete = [t for t in search if scored(t)]
     n = len(search)
     base = {**base, "staged": dict(base)}
     if not complete:
