@@ -46,6 +46,7 @@ from tuner.stages.common import (
     decide_grid,
     epoch_steps,
     one_cycle_run,
+    scored,
 )
 from tuner.stages.lr_range import run_range_test
 from tuner.train import make_sgd, measure_throughput
@@ -108,13 +109,18 @@ def equal_time_epochs(epochs: int, samples_per_s: float, reference_samples_per_s
     return max(1, round(epochs * samples_per_s / reference_samples_per_s))
 
 
+def linear_cap(reference_max_lr: float, batch_size: int, reference_batch: int) -> float:
+    """The linear scaling rule: the reference's max LR x ``batch_size / reference_batch``."""
+    return reference_max_lr * batch_size / reference_batch
+
+
 def cap_range(found: LRRange, batch_size: int, reference_batch: int, reference_max_lr: float,
               min_lr_div: float) -> LRRange:
     """``found``, its max LR capped at ``reference_max_lr`` x ``batch_size / reference_batch``
     for a size larger than the reference (min LR = max / ``min_lr_div`` again)."""
     if batch_size <= reference_batch:
         return found
-    cap = reference_max_lr * batch_size / reference_batch
+    cap = linear_cap(reference_max_lr, batch_size, reference_batch)
     if found.max_lr <= cap:
         return found
     return LRRange(cap / min_lr_div, cap,
@@ -126,9 +132,8 @@ def keep_reference(choice: GridChoice, trials: Sequence[FrozenTrial], reference:
                    margin: float) -> GridChoice:
     """``choice``, unless it beat the reference size's COMPLETE trial by no more than ``margin``
     of the reference's final validation loss: then the reference size."""
-    ref = next((t for t in trials if t.params.get("batch_size") == reference
-                and t.state == TrialState.COMPLETE and t.value is not None
-                and math.isfinite(t.value)), None)
+    ref = next((t for t in trials if t.params.get("batch_size") == reference and scored(t)),
+               None)
     best = next(t for t in trials if t.params.get("batch_size") == choice.value
                 and t.state == TrialState.COMPLETE)
     if ref is None or choice.value == reference or best.value < ref.value * (1 - margin):

@@ -153,12 +153,16 @@ def describe_trial(t: FrozenTrial) -> str:
     return f"pruned at report {t.user_attrs.get('pruned_at', t.last_step)}"
 
 
+def scored(t: FrozenTrial) -> bool:
+    """COMPLETE with a finite final loss."""
+    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+
+
 def decide_grid(trials: Sequence[FrozenTrial], param: str, label: str | None = None
                 ) -> GridChoice:
     """The value of ``param`` whose COMPLETE trial has the lowest final validation loss."""
     label = label or param
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
-                and math.isfinite(t.value)]
+    complete = [t for t in trials if scored(t)]
     if not complete:
         seen = ", ".join(f"{trial_params(t)[param]}: {describe_trial(t)}" for t in trials)
         raise RuntimeError(f"every {label} trial was pruned or diverged ({seen}); the LR range "

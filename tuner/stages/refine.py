@@ -31,7 +31,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tuner.locks import storage_lock
-from tuner.stages.common import Context, HParams, epoch_steps, one_cycle_run
+from tuner.stages.batch_size import linear_cap
+from tuner.stages.common import Context, HParams, epoch_steps, one_cycle_run, scored
 from tuner.trials import claim, new_trial, reap_orphans, run_grid, run_trial, trial_params
 
 NAME = "refine"
@@ -77,7 +78,8 @@ def box(ctx: Context, base: dict[str, Any]) -> Box:
     high = base["max_lr"] * f
     bs, ref = base["batch_size"], cfg.train.batch_size
     if cfg.batch_size.lr_cap == "linear" and bs > ref:
-        high = min(high, max(base["max_lr"], ctx.decisions["lr_range"]["max_lr"] * bs / ref))
+        cap = linear_cap(ctx.decisions["lr_range"]["max_lr"], bs, ref)
+        high = min(high, max(base["max_lr"], cap))
     return Box(base["max_lr"] / f, high,
                neighbours(cfg.momentum.values, base["max_momentum"]),
                neighbours(cfg.weight_decay.values, base["weight_decay"]))
@@ -170,11 +172,6 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
 def search_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The search's own trials (not the confirmation reruns)."""
     return [t for t in trials if not t.user_attrs.get(REPEAT_ATTR)]
-
-
-def scored(t: FrozenTrial) -> bool:
-    """COMPLETE with a finite final loss."""
-    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
 
 
 def contenders(trials: Sequence[FrozenTrial]) -> tuple[FrozenTrial, FrozenTrial] | None:
