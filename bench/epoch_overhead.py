@@ -10,10 +10,13 @@ the device and read once at the end, and an evaluation callback (here a no-op). 
 is what one would write by hand: randperm, index, forward, backward, step.
 
     python bench/epoch_overhead.py                       # MNIST-1D CNN and CIFAR-10 3-layer
-    python bench/epoch_overhead.py --cifar /work/data/cifar10/cifar10_train.npz --threads 2
+    python bench/epoch_overhead.py --cifar cifar10_train.npz --threads 2
+    python bench/epoch_overhead.py --only cifar10 --model resnet20 --device cuda
 
-Without ``--cifar`` the CIFAR-10 case uses random images of CIFAR's shape (the time per epoch
-does not depend on the pixel values).
+Without ``--cifar`` the CIFAR-10 case uses synthetic random images of CIFAR's shape
+(3x32x32; the time per epoch does not depend on the pixel values). ``--cifar`` takes an npz
+file with arrays ``x`` (uint8, N x 32 x 32 x 3) and ``y`` (int64 labels), e.g. built by your
+own script from torchvision's CIFAR-10. ``--model`` picks the CIFAR case's network.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from tuner.schedules import one_cycle  # noqa: E402
 from tuner.train import fit, make_sgd  # noqa: E402
 
 LR, MOMENTUM, WD = 0.01, 0.9, 5e-4
+CIFAR_RESNETS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
+CIFAR_LABELS = {"cifar10_3layer": "3-layer",
+                **{name: f"ResNet-{name[len('resnet'):]}" for name in CIFAR_RESNETS}}
 
 
 def tool_epoch(model: nn.Module, data: TensorData, batch_size: int, seed: int) -> float:
@@ -120,8 +126,13 @@ def cifar_data(path: str | None, n: int, device: torch.device) -> TensorData:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cifar", help="cifar10_train.npz (from /work/shared/data/"
-                        "get_cifar10.py); default random images of CIFAR's shape")
+    parser.add_argument("--cifar", metavar="NPZ",
+                        help="real CIFAR-10: an npz file with arrays x (uint8 NHWC) and y "
+                             "(int64), e.g. built by your own script; default synthetic random "
+                             "images of CIFAR's shape")
+    parser.add_argument("--model", default="cifar10_3layer",
+                        choices=("cifar10_3layer", *CIFAR_RESNETS),
+                        help="the CIFAR case's network (default cifar10_3layer)")
     parser.add_argument("--cifar-images", type=int, default=10000,
                         help="training images per CIFAR epoch (default 10000; 50000 = all)")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -148,9 +159,9 @@ def main() -> None:
     if args.only in (None, "cifar10"):
         data = cifar_data(args.cifar, args.cifar_images, device)
         label = "CIFAR-10" if args.cifar else "random 3x32x32"
-        results["cifar10_3layer"] = compare(f"CIFAR-10 3-layer ({label})",
-                                            lambda: build_model("cifar10_3layer", 10), data,
-                                            args.batch_size, args.runs, device)
+        results[args.model] = compare(f"CIFAR-10 {CIFAR_LABELS[args.model]} ({label})",
+                                      lambda: build_model(args.model, 10), data,
+                                      args.batch_size, args.runs, device)
     worst = max(r["ratio"] for r in results.values())
     print(f"\nworst ratio of the medians {worst:.3f} (target <= 1.05)")
 

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from tuner.config import (
+    BatchSizeConfig,
     ConfigError,
+    DataConfig,
     LRRangeConfig,
     MomentumConfig,
     StudyConfig,
+    TrainConfig,
+    WeightDecayConfig,
     from_dict,
     load_study,
 )
+from tuner.references import check_references
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = [f.name for f in dataclasses.fields(StudyConfig) if f.name != "name"]
@@ -30,6 +37,15 @@ def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
 def config_error(tmp_path: Path, text: str) -> str:
     with pytest.raises(ConfigError) as info:
         load_study(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def reference_error(tmp_path: Path, text: str) -> str:
+    config = load_study(write(tmp_path, text))  # the values are valid ...
+    with pytest.raises(ConfigError) as info:
+        check_references(config)  # ... what they name is not
     message = str(info.value)
     assert "\n" not in message, message
     return message
@@ -110,15 +126,37 @@ def test_unknown_nested_key(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset(tmp_path: Path) -> None:
-    message = config_error(tmp_path, '[data]\nname = "mnist2d"\n')
+    message = reference_error(tmp_path, '[data]\nname = "mnist2d"\n')
     assert "data.name" in message and "mnist2d" in message
     assert "mnist1d" in message
 
 
 def test_unknown_model(tmp_path: Path) -> None:
-    message = config_error(tmp_path, '[model]\nname = "resnet9000"\n')
+    message = reference_error(tmp_path, '[model]\nname = "resnet9000"\n')
     assert "model.name" in message and "resnet9000" in message
     assert "mnist1d_cnn" in message
+
+
+def test_missing_npz_file(tmp_path: Path) -> None:
+    message = reference_error(tmp_path, f'[data]\nname = "npz:{tmp_path}/nope.npz"\n')
+    assert "data.name" in message and "does not exist" in message
+
+
+def test_references_are_checked_only_on_request() -> None:
+    # Building and replacing never touch the file system or import user code.
+    cfg = StudyConfig(data=DataConfig(name="npz:/no/such.npz"))
+    assert cfg.replace(name="other").data.name == "npz:/no/such.npz"
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_references(cfg)
+    check_references(StudyConfig())
+
+
+def test_config_imports_no_other_tuner_module() -> None:
+    tree = ast.parse((REPO / "tuner" / "config.py").read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names]
+    imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert not [name for name in imported if name.split(".")[0] == "tuner"], imported
 
 
 def test_negative_start_lr(tmp_path: Path) -> None:
@@ -182,6 +220,59 @@ def test_invalid_toml(tmp_path: Path) -> None:
 def test_dataclass_validation_without_a_file() -> None:
     with pytest.raises(ConfigError, match="num_iters"):
         LRRangeConfig(num_iters=0)
+
+
+@pytest.mark.parametrize(
+    ("build", "pattern"),
+    [
+        (lambda: StudyConfig(name="x/y"), r"^name must be a non-empty string without '/', "
+                                          r"but got name='x/y'\.$"),
+        (lambda: MomentumConfig(values=()), r"^momentum\.values must not be empty"),
+        (lambda: MomentumConfig(values=(0.9, 1.0)), r"^momentum\.values\[1\] must be < 1"),
+        (lambda: LRRangeConfig(start_lr=1.0, end_lr=0.5), r"^lr_range\.end_lr must be > start_lr"),
+        (lambda: LRRangeConfig(mode="log"),
+         r"^lr_range\.mode must be one of \['exp', 'linear'\], but got mode='log'\.$"),
+        (lambda: BatchSizeConfig(values=(32, 64.0)), r"batch_size\.values\[1\] must be an integer"),
+        (lambda: TrainConfig(batch_size=True), r"train\.batch_size must be an integer"),
+        (lambda: TrainConfig(threads=1.5), r"train\.threads must be an integer"),
+        (lambda: LRRangeConfig(momentum=False), r"lr_range\.momentum must be a number"),
+        (lambda: LRRangeConfig(start_lr=math.nan), r"lr_range\.start_lr must be a finite"),
+        (lambda: DataConfig(num_classes=1), r"data\.num_classes must be 0 .* or >= 2"),
+        (lambda: StudyConfig(train={"bogus": 1}),
+         r"^unknown key 'train\.bogus'; valid keys in \[train\]: batch_size, "),
+    ],
+)
+def test_construction_raises_a_one_line_config_error(build, pattern: str) -> None:  # noqa: ANN001
+    with pytest.raises(ConfigError, match=pattern) as info:
+        build()
+    assert "\n" not in str(info.value)
+
+
+def test_replace_validates_again() -> None:
+    cfg = StudyConfig()
+    assert dataclasses.replace(cfg.train, threads=2).threads == 2
+    gpu = dataclasses.replace(cfg.train, device="cuda:1")
+    assert cfg.replace(train=gpu).train.device == "cuda:1"
+    with pytest.raises(ConfigError, match="train.threads must be >= 0"):
+        dataclasses.replace(cfg.train, threads=-1)
+    with pytest.raises(ConfigError, match="train.device must be one of auto, cpu, cuda"):
+        dataclasses.replace(cfg.train, device="tpu")
+    with pytest.raises(ConfigError, match="^name must"):
+        cfg.replace(name="")
+
+
+def test_lists_become_tuples_and_ints_become_floats() -> None:
+    cfg = WeightDecayConfig(values=[1, 0])  # type: ignore[arg-type]
+    assert cfg.values == (1.0, 0.0) and all(isinstance(v, float) for v in cfg.values)
+
+
+def test_from_dict_names_the_section_or_the_given_prefix() -> None:
+    with pytest.raises(ConfigError, match="^unknown key 'momentum.valuez'; valid keys in "
+                                          r"\[momentum\]: values, min_momentum"):
+        from_dict(MomentumConfig, {"valuez": [0.9]})
+    with pytest.raises(ConfigError, match=r"^base\.momentum\.epochs must be an integer, "
+                                          r"but got epochs=1\.5\.$"):
+        from_dict(MomentumConfig, {"epochs": 1.5}, prefix="base.momentum.")
 
 
 def test_default_study_file_loads() -> None:

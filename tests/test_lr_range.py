@@ -16,10 +16,10 @@ from tuner.lr_range import (
     RangeCurve,
     decide_range,
     ema,
-    range_test,
     suggestions,
     valley,
 )
+from tuner.range_test import range_test
 
 LRS = [10 ** (-3 + 0.5 * i) for i in range(9)]  # 1e-3 ... 10, a factor sqrt(10) apart
 

@@ -10,6 +10,7 @@ import torch
 
 from tuner.config import ConfigError, ModelConfig, load_study
 from tuner.models import MODELS, CifarResNet, build_model, model_factory, resolve_model
+from tuner.references import check_references
 
 SHAPES = {  # model -> input shape of one sample
     "mnist1d_cnn": (1, 40),
@@ -118,7 +119,7 @@ def test_module_factory_errors_are_one_line(tmp_path: Path, name: str, module_te
     study = tmp_path / "s.toml"
     study.write_text(f'[model]\nname = "{name}"\n')
     with pytest.raises(ConfigError) as info:
-        load_study(study)
+        check_references(load_study(study))
     message = str(info.value)
     assert "\n" not in message
     for piece in expected:

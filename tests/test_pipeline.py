@@ -15,12 +15,11 @@ from optuna.trial import TrialState
 import tuner
 from tuner.config import FinalConfig, LRRangeConfig, WeightDecayConfig
 from tuner.lr_range import NoUsableMinimum
-from tuner.pipeline import RunConfigMismatch
-from tuner.stages import STAGES
-from tuner.stages import weight_decay as wd_stage
-from tuner.stages.common import HParams, one_cycle_run
-from tuner.storage import STAGES as STAGE_NAMES
-from tuner.storage import open_storage, study_name
+from tuner.context import Context, Workload
+from tuner.stages import NAMES, STAGES
+from tuner.stages.base import HParams
+from tuner.stages.batch_size import BatchSizeDecision
+from tuner.storage import RunConfigMismatch, open_storage, study_name
 from tuner.trials import run_grid, trial_params
 
 from .conftest import tiny_config
@@ -30,7 +29,7 @@ def studies(url: str, run: str) -> dict[str, optuna.Study]:
     """The run's stage studies that exist so far."""
     existing = set(optuna.get_all_study_names(url))
     return {s: optuna.load_study(study_name=study_name(run, s), storage=url)
-            for s in STAGE_NAMES if study_name(run, s) in existing}
+            for s in NAMES if study_name(run, s) in existing}
 
 
 def completed_points(study: optuna.Study) -> Counter:
@@ -39,7 +38,7 @@ def completed_points(study: optuna.Study) -> Counter:
 
 
 def test_stage_order_is_the_papers() -> None:
-    assert [s.NAME for s in STAGES] == list(STAGE_NAMES) == [
+    assert [s.name for s in STAGES] == list(NAMES) == [
         "lr_range", "momentum", "weight_decay", "batch_size", "refine", "final"]
 
 
@@ -81,13 +80,18 @@ def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:
     for t in by_stage["batch_size"].get_trials(states=(TrialState.COMPLETE,)):
         assert t.user_attrs["planned_steps"] >= 1
         assert t.user_attrs["max_lr"] > 0
-    final = by_stage["final"].user_attrs["decision"]
-    assert final["seeds"] == list(cfg.final.seeds)
+    final = result.final
+    assert final.seeds == list(cfg.final.seeds)
+    assert final.to_json() == by_stage["final"].user_attrs["decision"]  # JSON at the edge only
     # the chosen size trains as long as final.epochs at the reference size (final.length)
-    chosen = by_stage["batch_size"].user_attrs["decision"]
-    assert final["epochs"] == chosen["final_epochs"] >= 1
-    if chosen["batch_size"] == cfg.train.batch_size:
-        assert final["epochs"] == cfg.final.epochs
+    chosen = result.decisions["batch_size"]
+    assert isinstance(chosen, BatchSizeDecision)
+    assert final.epochs == chosen.final_epochs >= 1
+    if chosen.batch_size == cfg.train.batch_size:
+        assert final.epochs == cfg.final.epochs
+    # optuna-dashboard names each study's objective in the stage's words
+    assert {n: s.metric_names for n, s in by_stage.items()} == {
+        s.name: [s.metric] for s in STAGES}
 
 
 def test_final_length_epochs_keeps_final_epochs(tmp_path: Path, mnist1d_splits) -> None:
@@ -95,7 +99,7 @@ def test_final_length_epochs_keeps_final_epochs(tmp_path: Path, mnist1d_splits) 
                       final=FinalConfig(epochs=3, seeds=(0,), length="epochs"))
     result = tuner.run(cfg, storage=f"sqlite:///{tmp_path}/t.db", splits=mnist1d_splits)
     assert result.batch_size == 128
-    assert result.decisions["final"]["epochs"] == 3
+    assert result.final.epochs == 3
 
 
 def test_rerun_of_a_finished_run_trains_nothing(tmp_path: Path, mnist1d_splits,
@@ -106,8 +110,8 @@ def test_rerun_of_a_finished_run_trains_nothing(tmp_path: Path, mnist1d_splits,
     def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a finished stage trained again")
 
-    monkeypatch.setattr("tuner.stages.common.fit", no_training)
-    monkeypatch.setattr("tuner.lr_range.fit", no_training)
+    monkeypatch.setattr("tuner.context.fit", no_training)
+    monkeypatch.setattr("tuner.range_test.fit", no_training)
     again = tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
     assert again.decisions == first.decisions
 
@@ -117,15 +121,16 @@ def test_resume_after_interrupted_stage_reruns_only_the_cut_trial(
     url = f"sqlite:///{tmp_path}/t.db"
     cfg = tiny_config(weight_decay=WeightDecayConfig(values=(1e-3, 1e-4, 0.0), epochs=2))
     calls: list[float] = []
-    real = wd_stage.repeated_run
+    real = Context.repeated_run
 
     def interrupt_second(ctx, trial, hp, **kw):  # noqa: ANN001, ANN003, ANN202
-        calls.append(hp.weight_decay)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the second weight-decay trial
+        if trial.study.study_name.endswith("/weight_decay"):
+            calls.append(hp.weight_decay)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the second weight-decay trial
         return real(ctx, trial, hp, **kw)
 
-    monkeypatch.setattr(wd_stage, "repeated_run", interrupt_second)
+    monkeypatch.setattr(Context, "repeated_run", interrupt_second)
     with pytest.raises(KeyboardInterrupt):
         tuner.run(cfg, storage=url, splits=mnist1d_splits)
     wd = studies(url, "tiny")["weight_decay"]
@@ -134,7 +139,7 @@ def test_resume_after_interrupted_stage_reruns_only_the_cut_trial(
     range_trials_before = len(studies(url, "tiny")["lr_range"].get_trials())
 
     calls.clear()
-    monkeypatch.setattr(wd_stage, "repeated_run", real)
+    monkeypatch.setattr(Context, "repeated_run", real)
     result = tuner.run(cfg, storage=url, splits=mnist1d_splits)
     assert result.weight_decay in cfg.weight_decay.values
     by_stage = studies(url, "tiny")
@@ -144,19 +149,20 @@ def test_resume_after_interrupted_stage_reruns_only_the_cut_trial(
 
 
 def test_diverging_trial_is_pruned_and_recorded(tmp_path: Path, mnist1d_splits) -> None:
-    from tuner.stages.common import Context
+    import torch
+
+    from tuner.models import mnist1d_cnn
 
     cfg = tiny_config()
     storage = open_storage(f"sqlite:///{tmp_path}/t.db")
     study = optuna.create_study(storage=storage, study_name="x/momentum")
-    ctx = Context(cfg, mnist1d_splits, lambda: __import__("tuner.models").models.mnist1d_cnn(),
-                  __import__("torch").device("cpu"), storage, "x")
+    ctx = Context(cfg, Workload(mnist1d_splits, mnist1d_cnn, torch.device("cpu")), storage, "x")
     hp = HParams(1e3, 1e5, 0.9, 0.85, 0.0, 64)  # absurd LR: the loss becomes inf/NaN
 
     def objective(trial: optuna.Trial) -> float:
         trial.suggest_categorical("max_momentum", [0.9])
-        return one_cycle_run(ctx, trial, hp, total_steps=100, eval_every=50, seed=0,
-                             train=mnist1d_splits.train, val=mnist1d_splits.val).last["val_loss"]
+        return ctx.one_cycle_run(trial, hp, total_steps=100, eval_every=50,
+                                 seed=0).last["val_loss"]
 
     (trial,) = run_grid(study, [{"max_momentum": 0.9}], objective)
     assert trial.state == TrialState.PRUNED

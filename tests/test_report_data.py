@@ -1,8 +1,12 @@
-"""tuner.report_data: the numbers behind the report, read from a run's studies (no plotly)."""
+"""tuner.report_data and tuner.tables: the numbers behind the report, read from a run's studies
+(no plotly, no torch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -11,23 +15,25 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+from tuner.config import MomentumConfig
 from tuner.report_data import (
-    NoSuchRun,
-    decision_text,
     downsample,
-    get_grid_stage_info,
     get_range_test_info,
+    get_refine_info,
     load_run,
     loss_window,
-    open_existing_storage,
-    resolve_run,
     schedule_points,
-    trials_table,
-    write_csv,
 )
-from tuner.storage import STAGES, StorageError, open_storage, open_study
+from tuner.stages import NAMES, STAGES, stage
+from tuner.stages.base import HParams
+from tuner.stages.final import FinalDecision
+from tuner.stages.lr_range import RangeDecision
+from tuner.stages.momentum import MomentumDecision
+from tuner.storage import TOOL_ATTR, NoSuchRun, Run, RunConfigMismatch, open_storage
+from tuner.tables import trials_table, write_csv
 
 from .conftest import TinyRun, tiny_config
+from .hand_runs import decide, grid_trial, stage_study, start_run
 
 
 def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
@@ -35,67 +41,101 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
     info = load_run(tiny_run.url)
     d = tiny_run.result.decisions
     assert info.run == "tiny"
-    assert [s.stage for s in info.stages] == list(STAGES)
+    assert [s.stage for s in info.stages] == list(NAMES)
+    assert [s.title for s in info.stages] == [s.title for s in STAGES]
     assert all(s.status == "done" and s.seconds is not None and s.chosen for s in info.stages)
+    assert [s.chosen for s in info.stages] == [d[s.name].summary() for s in STAGES]
+    assert info.decisions == dict(d)
     assert info.config["momentum"]["values"] == list(cfg.momentum.values)
-    assert info.environment_recorded and info.environment["device"] == "cpu"
-    assert info.environment["torch"] and info.tool["version"]
+    assert info.environment["device"] == "cpu" and info.environment["torch"]
+    assert info.tool["version"]
+    assert list(info.details) == list(NAMES)  # the tiny run refines: every stage has numbers
 
     rt = info.range_test
-    assert rt is not None and rt.log_lr
+    assert rt is not None and rt.log_lr and rt.batch_size == cfg.train.batch_size
     assert len(rt.lrs) == len(rt.train_losses) == len(rt.train_smoothed) > 100
     assert len(rt.val_lrs) == len(rt.val_losses) == len(rt.val_accuracies) > 2
-    assert (rt.min_lr, rt.max_lr) == (d["lr_range"]["min_lr"], d["lr_range"]["max_lr"])
+    assert (rt.min_lr, rt.max_lr, rt.why) == (d["lr_range"].min_lr, d["lr_range"].max_lr,
+                                              d["lr_range"].why)
     assert rt.max_lr in rt.val_lrs  # the max LR is read off the validation curve
     assert set(rt.suggestions) <= {"valley", "minimum", "steepest"}
     assert rt.val_losses_each == []  # a single test: no per-test curves
 
-    for grid, param, values in [(info.momentum, "max_momentum", cfg.momentum.values),
-                                (info.weight_decay, "weight_decay", cfg.weight_decay.values)]:
-        assert grid is not None
+    for name, values in [("momentum", cfg.momentum.values),
+                         ("weight_decay", cfg.weight_decay.values)]:
+        grid = info.grid(name)
+        assert grid is not None and grid.title == stage(name).title
         assert sorted(c.value for c in grid.trials) == sorted(values)
-        assert [c.value for c in grid.trials if c.chosen] == [d[grid.stage][param]]
-        assert grid.planned_reports == 3
+        assert [c.value for c in grid.trials if c.chosen] == [getattr(d[name], grid.param)]
+        assert grid.planned_reports == 3 and grid.budget_s is None
         for c in grid.trials:
             assert c.reports == list(range(1, len(c.val_losses) + 1))
             assert len(c.val_losses) == len(c.val_accuracies) == len(c.seconds)
 
-    bs = info.batch_size
-    assert bs is not None and bs.chosen == d["batch_size"]["batch_size"]
+    bs = info.grid("batch_size")
+    assert bs is not None and bs.chosen == d["batch_size"].batch_size
+    assert bs.budget_s == d["batch_size"].budget_s == cfg.batch_size.budget_s
     # The reference size keeps stage 1's range test; every other size ran its own.
     assert sorted(bs.range_tests) == sorted(set(cfg.batch_size.values) - {cfg.train.batch_size})
     for c in bs.trials:
         assert c.seconds == sorted(c.seconds) and c.attrs["planned_steps"] >= 1
         if c.value in bs.range_tests:
             assert bs.range_tests[c.value].max_lr == c.attrs["max_lr"]
+            assert bs.range_tests[c.value].batch_size == c.value
         else:
-            assert c.attrs["max_lr"] == d["lr_range"]["max_lr"]
+            assert c.attrs["max_lr"] == d["lr_range"].max_lr
 
-    final = info.final
+
+def test_final_info_of_the_tiny_run(tiny_run: TinyRun) -> None:
+    cfg = tiny_config()
+    final = load_run(tiny_run.url).final
+    d = tiny_run.result.decisions["final"]
+    assert isinstance(d, FinalDecision)
     assert final is not None and final.scored_on == "test"
-    assert final.accuracy == d["final"]["test_accuracy"]
+    assert (final.accuracy, final.loss, final.hparams, final.epochs) == (
+        d.accuracy, d.loss, d.values, d.epochs)
     assert [c.value for c in final.trials] == list(cfg.final.seeds)
     # one report per epoch; the epochs are the batch-size stage's equal-time count
-    assert all(c.val_losses == [] and len(c.train_losses) == d["final"]["epochs"]
-               for c in final.trials)
-    hp = d["final"]
-    assert final.schedule_lrs[0] == pytest.approx(hp["lr_min"])
-    assert max(final.schedule_lrs) == pytest.approx(hp["lr_max"], rel=0.02)  # nearest step
-    assert final.schedule_lrs[-1] == pytest.approx(hp["lr_min"] / cfg.schedule.final_div)
-    assert min(final.schedule_momenta) == pytest.approx(hp["mom_min"], rel=0.02)
+    assert all(c.val_losses == [] and len(c.train_losses) == d.epochs for c in final.trials)
+    hp = d.values
+    assert final.schedule_lrs[0] == pytest.approx(hp.min_lr)
+    assert max(final.schedule_lrs) == pytest.approx(hp.max_lr, rel=0.02)  # nearest step
+    assert final.schedule_lrs[-1] == pytest.approx(hp.min_lr / cfg.schedule.final_div)
+    assert min(final.schedule_momenta) == pytest.approx(hp.min_momentum, rel=0.02)
     # the last step starts the last epoch
-    assert d["final"]["epochs"] - 1 <= final.schedule_epochs[-1] < d["final"]["epochs"]
+    assert d.epochs - 1 <= final.schedule_epochs[-1] < d.epochs
 
 
-def test_final_scored_on_validation_says_so() -> None:
-    d = {"val_accuracy": 0.9, "val_accuracy_sd": 0.01, "val_loss": 0.3, "scored_on": "val",
-         "seeds": [0, 1]}
-    assert decision_text("final", d) == ("validation accuracy 90.00% ± 1.00 over 2 seed(s), "
-                                         "validation loss 0.3000")
+def test_each_stage_names_its_objective(tiny_run: TinyRun) -> None:
+    studies = Run.find(tiny_run.url).studies()
+    for st in STAGES:
+        assert studies[st.name].metric_names == [st.metric], st.name
+
+
+def test_final_scored_on_validation_says_so(tmp_path: Path) -> None:
+    run = start_run(tmp_path)
+    study = stage_study(run, "final")
+    study.add_trial(create_trial(
+        state=TrialState.COMPLETE, value=0.9, params={"seed": 0},
+        distributions={"seed": CategoricalDistribution((0, 1))},
+        user_attrs={"scored_on": "val", "val_accuracy": 0.9, "history": [
+            {"step": 10 * k, "train_loss": 1 / k, "seconds": 0.1 * k} for k in range(1, 5)]}))
+    hp = HParams(0.01, 0.1, 0.95, 0.85, 1e-4, 64)
+    decide(study, FinalDecision(values=hp, epochs=4, scored_on="val", accuracy=0.9,
+                                accuracy_sd=0.01, loss=0.3, accuracies=[0.89, 0.91],
+                                seeds=[0, 1], why="scored on the validation split"))
+    info = load_run(run)
+    assert info.stages[-1].chosen == ("validation accuracy 90.00% ± 1.00 over 2 seed(s), "
+                                      "validation loss 0.3000")
+    final = info.final
+    assert final is not None and final.scored_on == "val" and final.hparams == hp
+    assert final.schedule_epochs[0] == 0 and final.schedule_epochs[-1] == pytest.approx(3.9)
+    assert final.schedule_lrs[0] == pytest.approx(hp.min_lr)
 
 
 def test_schedule_points_keep_the_corners() -> None:
-    hp = {"lr_min": 0.1, "lr_max": 1.0, "mom_max": 0.95, "mom_min": 0.85}
+    hp = HParams(min_lr=0.1, max_lr=1.0, max_momentum=0.95, min_momentum=0.85,
+                 weight_decay=0.0, batch_size=32)
     steps, lrs, moms = schedule_points(1001, hp, cycle_fraction=0.9, final_div=100, max_points=7)
     assert steps[0] == 0 and steps[-1] == 1000 and 450 in steps and 900 in steps
     assert lrs[steps.index(450)] == pytest.approx(1.0)
@@ -113,30 +153,21 @@ def test_downsample_keeps_ends_and_bounds_the_count() -> None:
 MOMENTA = (0.99, 0.97, 0.9)
 
 
-def _grid_trial(param: str, value: float, state: TrialState, losses: list[float],
-                **attrs: object) -> optuna.trial.FrozenTrial:
-    history = [{"step": 10 * (k + 1), "train_loss": v, "seconds": 0.1 * (k + 1), "val_loss": v,
-                "val_accuracy": 0.5} for k, v in enumerate(losses)]
-    return create_trial(
-        state=state, value=losses[-1] if state == TrialState.COMPLETE else None,
-        params={param: value}, distributions={param: CategoricalDistribution(MOMENTA)},
-        intermediate_values={k + 1: v for k, v in enumerate(losses) if math.isfinite(v)},
-        user_attrs={"history": history, **attrs})
-
-
 def test_pruned_and_diverged_trials_end_where_they_were_cut_off(tmp_path: Path) -> None:
-    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    study = open_study(storage, "r", "momentum")
-    study.add_trial(_grid_trial("max_momentum", 0.9, TrialState.COMPLETE, [2.0, 1.5, 1.0, 0.8]))
-    study.add_trial(_grid_trial("max_momentum", 0.99, TrialState.PRUNED, [2.0, 1.9, 1.8],
-                                pruned_at=3))
-    study.add_trial(_grid_trial("max_momentum", 0.97, TrialState.PRUNED, [2.0, math.nan],
-                                diverged="training loss became nan at step 20"))
-    study.set_user_attr("decision", {"max_momentum": 0.9, "min_momentum": 0.85, "why": "x"})
-    study.set_user_attr("config", {"momentum": {"epochs": 4}})
+    run = start_run(tmp_path, config=tiny_config(
+        momentum=MomentumConfig(values=MOMENTA, epochs=4)))
+    study = stage_study(run, "momentum")
+    study.add_trial(grid_trial("max_momentum", 0.9, TrialState.COMPLETE, [2.0, 1.5, 1.0, 0.8],
+                               MOMENTA))
+    study.add_trial(grid_trial("max_momentum", 0.99, TrialState.PRUNED, [2.0, 1.9, 1.8],
+                               MOMENTA, pruned_at=3))
+    study.add_trial(grid_trial("max_momentum", 0.97, TrialState.PRUNED, [2.0, math.nan],
+                               MOMENTA, diverged="training loss became nan at step 20"))
+    decide(study, MomentumDecision(max_momentum=0.9, min_momentum=0.85, why="x"))
 
-    info = get_grid_stage_info(study, "momentum")
+    info = load_run(run).grid("momentum")
     assert info is not None and info.chosen == 0.9 and info.planned_reports == 4
+    assert info.label == "max momentum" and info.why == "x"
     by_value = {c.value: c for c in info.trials}
     assert [c.value for c in info.trials] == [0.9, 0.97, 0.99]
     assert by_value[0.9].chosen and by_value[0.9].label == "0.9 (chosen)"
@@ -145,14 +176,14 @@ def test_pruned_and_diverged_trials_end_where_they_were_cut_off(tmp_path: Path) 
     assert by_value[0.97].state == "diverged" and by_value[0.97].val_losses == [2.0, None]
     assert not by_value[0.97].chosen and by_value[0.97].objective is None
 
-    table = trials_table(storage, "r")
+    table = trials_table(run)
+    table = table[table["stage"] == "momentum"]
     assert list(table["state"]) == ["complete", "pruned", "diverged"]
+    assert list(table["param"]) == ["max_momentum"] * 3
     assert list(table["param_value"]) == [0.9, 0.99, 0.97]
 
 
-def test_range_test_that_diverged_marks_where_it_stopped(tmp_path: Path) -> None:
-    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    study = open_study(storage, "r", "lr_range")
+def _range_trial() -> optuna.trial.FrozenTrial:
     lrs = [10 ** (-3 + 4 * i / 99) for i in range(100)]
     losses = [2.3 - 1.5 * math.sin(math.pi * i / 80) if i < 80 else 2.3 + (i - 80) for i in
               range(100)] + [math.inf]
@@ -160,9 +191,14 @@ def test_range_test_that_diverged_marks_where_it_stopped(tmp_path: Path) -> None
              "val_lrs": [lrs[0], lrs[50], lrs[99]], "val_losses": [2.3, 1.0, 5.0],
              "val_accuracies": [0.1, 0.6, 0.1], "stop_reason": "training loss became inf",
              "stop_step": 101}
-    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.0, user_attrs={
+    return create_trial(state=TrialState.COMPLETE, value=1.0, user_attrs={
         "curve": curve, "suggestions": {"valley": 0.01, "minimum": math.nan, "steepest": 0.02},
-        "val_losses_each": [[2.3, 1.0, 5.0], [2.3, 1.1, 4.0]]}))
+        "val_losses_each": [[2.3, 1.0, 5.0], [2.3, 1.1, 4.0]]})
+
+
+def test_range_test_that_diverged_marks_where_it_stopped(tmp_path: Path) -> None:
+    study = stage_study(start_run(tmp_path), "lr_range")
+    study.add_trial(_range_trial())
     info = get_range_test_info(study)
     assert info is not None
     assert info.stop_lr == 10.0 and info.stop_loss is not None and math.isfinite(info.stop_loss)
@@ -173,69 +209,77 @@ def test_range_test_that_diverged_marks_where_it_stopped(tmp_path: Path) -> None
     lo, hi = loss_window(info)
     assert lo < 1.0 and 2.3 < hi < 2.3 * 1.7  # the explosion is cut off
 
+    decide(study, RangeDecision(min_lr=0.1, max_lr=1.0, batch_size=32, why="read off"))
+    info = get_range_test_info(study)
+    assert (info.min_lr, info.max_lr, info.batch_size, info.why) == (0.1, 1.0, 32, "read off")
+
 
 def test_a_run_cut_short_reports_what_it_has(tmp_path: Path) -> None:
-    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    open_study(storage, "r", "lr_range")
-    info = load_run(storage, "r")
+    run = start_run(tmp_path)  # the first stage's study exists, nothing ran
+    info = load_run(run.url.replace("***", ""))
     assert [s.status for s in info.stages] == ["started"] + ["not started"] * (len(STAGES) - 1)
-    assert info.range_test is info.momentum is info.final is None
-    assert not info.environment_recorded and info.environment["torch"]
+    assert info.details == {} and info.range_test is info.final is info.refine is None
+    assert info.grid("momentum") is None
+    assert info.environment == {}  # none recorded: not made up (a reader imports no torch)
+    assert info.total_seconds == 0
 
 
 def test_newest_run_by_default_and_unknown_runs_named(tmp_path: Path) -> None:
-    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    with pytest.raises(NoSuchRun, match="no tuner run"):
-        resolve_run(storage)
-    open_study(storage, "old", "lr_range")
-    open_study(storage, "new", "lr_range")
-    assert resolve_run(storage) == "new"
-    assert resolve_run(storage, "old") == "old"
+    url = f"sqlite:///{tmp_path}/t.db"
+    open_storage(url)
+    with pytest.raises(NoSuchRun, match="holds no tuner run"):
+        load_run(url)
+    start_run(tmp_path, "old")
+    start_run(tmp_path, "new")
+    assert load_run(url).run == "new"
+    assert load_run(url, "old").run == "old"
     with pytest.raises(NoSuchRun, match="no run 'nope'.*old, new"):
-        resolve_run(storage, "nope")
+        load_run(url, "nope")
 
 
-def test_reading_a_missing_sqlite_file_does_not_create_it(tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="no such database file"):
-        open_existing_storage(f"sqlite:///{tmp_path}/nope.db")
-    assert not (tmp_path / "nope.db").exists()
+def test_a_run_of_another_storage_schema_is_refused_in_one_line(tmp_path: Path) -> None:
+    run = start_run(tmp_path)
+    stage_study(run, "lr_range").set_user_attr(TOOL_ATTR, {"version": "0.0.1", "schema": 2})
+    with pytest.raises(RunConfigMismatch, match="tuner 0.0.1") as info:
+        load_run(f"sqlite:///{tmp_path}/t.db")
+    assert "\n" not in str(info.value)
 
 
 def test_trials_table_and_csv_hold_every_trial(tiny_run: TinyRun, tmp_path: Path) -> None:
     table = trials_table(tiny_run.url)
-    storage = open_storage(tiny_run.url)
-    n = sum(len(optuna.load_study(study_name=f"tiny/{s}", storage=storage).trials)
-            for s in STAGES)
+    studies = Run.find(tiny_run.url).studies()
+    n = sum(len(s.trials) for s in studies.values())
     assert len(table) == n
-    assert set(table["stage"]) == set(STAGES)
+    assert set(table["stage"]) == set(NAMES)
     assert {"state", "value", "param_value", "last_val_loss", "duration_s"} <= set(table.columns)
     final = table[table["stage"] == "final"]
-    assert final["test_accuracy"].notna().all()
+    assert final["test_accuracy"].notna().all() and set(final["param"]) == {"seed"}
+    assert set(table.loc[table["stage"] == "batch_size", "param"]) == {"batch_size"}
 
     paths = write_csv(tiny_run.url, None, tmp_path / "csv")
     assert [p.name for p in paths] == ["trials.csv", "history.csv", "range_test.csv"]
     assert len(pd.read_csv(paths[0])) == n
     history = pd.read_csv(paths[1])
     assert {"stage", "number", "report", "step", "seconds", "train_loss"} <= set(history.columns)
-    assert set(history["stage"]) == set(STAGES) - {"lr_range"}
+    assert set(history["stage"]) == set(NAMES) - {"lr_range"}
+    assert set(pd.read_csv(paths[2])["kind"]) == {"train", "val"}
 
 
 def test_refine_info_marks_the_staged_and_the_chosen_trial(tiny_run: TinyRun) -> None:
-    from tuner.report_data import get_refine_info
-
-    study = optuna.load_study(study_name=f"{tiny_run.run}/refine", storage=tiny_run.url)
+    study = Run.find(tiny_run.url).studies()["refine"]
     info = get_refine_info(study)
     assert info is not None and len([p for p in info.points if not p.repeat]) == 3
     assert info.staged == 0
     decision = tiny_run.result.decisions["refine"]
-    assert info.why == decision["why"]
+    assert info.why == decision.why
     staged = info.points[0]
-    assert staged.max_lr == decision["staged"]["max_lr"]
-    assert staged.weight_decay == decision["staged"]["weight_decay"]
+    assert staged.max_lr == decision.staged.max_lr
+    assert staged.weight_decay == decision.staged.weight_decay
     search = [p for p in info.points if not p.repeat]
     chosen = next(p for p in search if p.number == info.chosen)
-    assert (chosen.max_lr, chosen.momentum, chosen.weight_decay) == (
-        tiny_run.result.max_lr, tiny_run.result.momentum, tiny_run.result.weight_decay)
+    v = tiny_run.result.values
+    assert (chosen.max_lr, chosen.max_momentum, chosen.weight_decay) == (
+        v.max_lr, v.max_momentum, v.weight_decay)
     best = min((p for p in search if p.value is not None), key=lambda p: p.value)
     reruns = [p for p in info.points if p.repeat]
     if best.number == info.staged:  # kept without a contest
@@ -247,8 +291,23 @@ def test_refine_info_marks_the_staged_and_the_chosen_trial(tiny_run: TinyRun) ->
 
 
 def test_refine_info_is_none_when_the_refinement_was_off(tmp_path: Path) -> None:
-    from tuner.report_data import get_refine_info
+    assert get_refine_info(stage_study(start_run(tmp_path), "refine")) is None
 
-    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path}/t.db"),
-                                study_name="x/refine")
-    assert get_refine_info(study) is None
+
+def test_stage_infos_are_frozen(tiny_run: TinyRun) -> None:
+    info = load_run(tiny_run.url)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.run = "other"  # type: ignore[misc]
+
+
+READERS = ("tuner.status", "tuner.report", "tuner.report_data", "tuner.tables",
+           "tuner.dashboard", "tuner.report_svg")
+TRAINING = ("torch", "tuner.train", "tuner.context", "tuner.pipeline")
+
+
+def test_readers_import_no_training_path() -> None:
+    code = (f"import sys\nimport {', '.join(READERS)}\n"
+            f"print([m for m in {TRAINING!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -14,11 +14,34 @@ from tuner.config import ConfigError, load_study
 from tuner.data import batches, load_splits
 from tuner.models import model_factory
 
+try:
+    from tuner.references import check_references
+except ModuleNotFoundError:  # before tuner.references: StudyConfig checked these when built
+    def check_references(config: object) -> None:
+        pass
+
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
+CIFAR_STUDIES = ["cifar10_3layer", "cifar10_resnet56"]
+# The CIFAR studies read torchvision's CIFAR-10 (downloaded once); their comment gives the
+# offline alternative: these [data] lines replaced by npz files.
+ONLINE = 'name = "cifar10"\nroot = "data"\ndownload = true\n'
+OFFLINE = ('name = "npz:data/cifar10/cifar10_train.npz"\n'
+           'test_path = "data/cifar10/cifar10_test.npz"\n')
+
+
+def offline_study(name: str, folder: Path) -> Path:
+    """The study file with the edit its comment gives for a machine without a network."""
+    text = (STUDIES / f"{name}.toml").read_text()
+    for line in OFFLINE.splitlines():
+        assert f"#     {line}\n" in text, f"{name}.toml's comment should give {line!r}"
+    assert text.count(ONLINE) == 1
+    path = folder / f"{name}.toml"
+    path.write_text(text.replace(ONLINE, OFFLINE))
+    return path
 
 
 def fake_cifar_npz(folder: Path, n: int) -> None:
-    """Files shaped like those /work/shared/data/get_cifar10.py writes (HWC uint8)."""
+    """npz files shaped like torchvision's CIFAR-10 arrays (N×32×32×3 uint8, int labels)."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, count in (("train", n), ("test", n // 4)):
@@ -27,12 +50,30 @@ def fake_cifar_npz(folder: Path, n: int) -> None:
                  y=np.arange(count) % 10)
 
 
-@pytest.mark.parametrize("name", ["cifar10_3layer", "cifar10_resnet56"])
-def test_cifar_studies_without_the_data_say_which_file_is_missing(
+@pytest.mark.parametrize("name", CIFAR_STUDIES)
+def test_cifar_studies_download_cifar10_when_run_not_when_loaded(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+
+    def no_download(*_a: object, **_k: object) -> None:
+        raise AssertionError("loading a study must not read or download its data")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_download)
+    config = load_study(STUDIES / f"{name}.toml")
+    check_references(config)
+    assert config.data.name == "cifar10" and config.data.download
+    assert config.data.root == "data" and not config.data.test_path
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("name", CIFAR_STUDIES)
+def test_cifar_studies_offline_without_the_data_say_which_file_is_missing(
         name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    path = offline_study(name, tmp_path)
     with pytest.raises(ConfigError) as info:
-        load_study(STUDIES / f"{name}.toml")
+        check_references(load_study(path))
     message = str(info.value)
     assert "\n" not in message
     assert "data/cifar10/cifar10_train.npz" in message and "does not exist" in message
@@ -42,11 +83,13 @@ def test_cifar_studies_without_the_data_say_which_file_is_missing(
     ("cifar10_3layer", "cifar10_3layer", 128),
     ("cifar10_resnet56", "resnet56", 512),
 ])
-def test_cifar_studies_with_data_in_place(name: str, model: str, batch: int, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cifar_studies_offline_with_data_in_place(name: str, model: str, batch: int,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     fake_cifar_npz(tmp_path / "data" / "cifar10", 200)
-    config = load_study(STUDIES / f"{name}.toml")
+    config = load_study(offline_study(name, tmp_path))
+    check_references(config)
     assert config.name == name and config.model.name == model
     assert config.train.batch_size == batch
     splits = load_splits(config.data)
@@ -62,10 +105,7 @@ def test_cifar10_3layer_is_restricted_to_10000_images() -> None:
     assert "train_subset = 10000" in text
 
 
-def test_resnet56_study_has_the_papers_settings(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    fake_cifar_npz(tmp_path / "data" / "cifar10", 40)
+def test_resnet56_study_has_the_papers_settings() -> None:
     config = load_study(STUDIES / "cifar10_resnet56.toml")
     assert config.train.batch_size == 512
     assert 1e-4 in config.weight_decay.values and len(config.weight_decay.values) >= 4

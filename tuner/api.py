@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from tuner.config import StudyConfig, load_study
+from tuner.context import Workload, runtime_device
+from tuner.dashboard import annotate_stage
 from tuner.data import TensorData, make_splits
-from tuner.device import resolve_device
 from tuner.pipeline import Result, run
 from tuner.sources import Arrays, Split
 from tuner.storage import DEFAULT_STORAGE
@@ -65,11 +66,9 @@ def tune(model_fn: Callable[[], nn.Module], train_set: DatasetLike, val_set: Dat
         config = StudyConfig(name="tune")
     elif not isinstance(config, StudyConfig):
         config = load_study(config)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    device = resolve_device(config.train.device)
+    device = runtime_device(config)
     splits = make_splits(as_source(train_set, "train_set"), as_source(val_set, "val_set"),
                          as_source(test_set, "test_set") if test_set is not None else None,
                          config.data, device, name="tune")
-    return run(config, storage=storage, run_name=run_name, fresh=fresh, model_fn=model_fn,
-               splits=splits, budget_s=budget_s)
+    return run(config, storage=storage, run_name=run_name, fresh=fresh, budget_s=budget_s,
+               workload=Workload(splits, model_fn, device), on_decided=annotate_stage)

@@ -19,90 +19,28 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, NamedTuple
 
 from tuner.config import ConfigError, StudyConfig
-from tuner.data import Splits
-from tuner.stages.common import epoch_steps
-from tuner.train import evaluate, make_sgd, measure_throughput
+from tuner.stages import STAGES
+from tuner.stages.base import Sizes, Speed
+from tuner.stages.batch_size import THROUGHPUT_SECONDS
+
+if TYPE_CHECKING:
+    from tuner.context import Workload
 
 log = logging.getLogger(__name__)
 
-THROUGHPUT_SECONDS = 0.3  # measuring time per batch size (after a warm-up)
 # Stages 1-4 are planned to this share of the budget: a machine whose speed changes from minute
 # to minute (a shared VM: 1.6x between two measurements here) makes 2 s of measuring a rough
 # guide. The refinement is cut to the second and uses what they leave.
 PLAN_SHARE = 0.8
 
 
-class Speed(NamedTuple):
-    """What this machine measured: seconds per training step by batch size, and seconds per
-    evaluated sample."""
-
-    step_s: dict[int, float]
-    eval_sample_s: float
-
-
-class Sizes(NamedTuple):
-    """The data sizes the costs depend on."""
-
-    n_train: int
-    n_val: int
-
-
-def range_test_s(cfg: StudyConfig, speed: Speed, batch_size: int, iters: int) -> float:
-    """Seconds of ``lr_range.repeats`` range tests of ``iters`` steps (if none diverges)."""
-    r = cfg.lr_range
-    evals = iters // r.eval_every * r.val_subset
-    return r.repeats * (iters * speed.step_s[batch_size] + evals * speed.eval_sample_s)
-
-
-def grid_s(values: int, repeats: int, epochs: int, cfg: StudyConfig, speed: Speed,
-           sizes: Sizes) -> float:
-    """Seconds of a grid of short runs at ``train.batch_size``, one evaluation per epoch."""
-    bs = cfg.train.batch_size
-    epoch = epoch_steps(sizes.n_train, bs) * speed.step_s[bs] + sizes.n_val * speed.eval_sample_s
-    return values * repeats * epochs * epoch
-
-
-def size_budget_s(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
-    """Training seconds per batch size: the configured budget or a final training's time."""
-    if cfg.batch_size.budget_s > 0:
-        return cfg.batch_size.budget_s
-    bs = cfg.train.batch_size
-    return cfg.final.epochs * epoch_steps(sizes.n_train, bs) * speed.step_s[bs]
-
-
-def batch_size_s(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
-    """Seconds of the batch-size stage: per size a range test (the reference size reuses stage
-    1's), a throughput measurement, the equal-time run and its evaluations."""
-    b = cfg.batch_size
-    if [bs for bs in b.values if bs <= sizes.n_train] == [cfg.train.batch_size]:
-        return 0.0  # the reference size alone: decided without runs
-    per_size = size_budget_s(cfg, speed, sizes) + b.reports * sizes.n_val * speed.eval_sample_s
-    total = 0.0
-    for bs in b.values:
-        if bs > sizes.n_train:
-            continue
-        reuse = bs == cfg.train.batch_size and b.range_test_iters == cfg.lr_range.num_iters
-        total += (0.0 if reuse else range_test_s(cfg, speed, bs, b.range_test_iters))
-        total += per_size + 2 * THROUGHPUT_SECONDS
-    return total
-
-
 def stage_seconds(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> dict[str, float]:
-    """Estimated seconds of stages 1-4 (upper bounds: no early stop, no pruning)."""
-    return {
-        "lr_range": range_test_s(cfg, speed, cfg.train.batch_size, cfg.lr_range.num_iters),
-        "momentum": grid_s(len(cfg.momentum.values), cfg.momentum.repeats, cfg.momentum.epochs,
-                           cfg, speed, sizes),
-        "weight_decay": grid_s(len(cfg.weight_decay.values), cfg.weight_decay.repeats,
-                               cfg.weight_decay.epochs, cfg, speed, sizes),
-        "batch_size": batch_size_s(cfg, speed, sizes),
-    }
+    """Estimated seconds of the planned stages (those with a cost: 1-4), upper bounds: no early
+    stop, no pruning. Each stage estimates its own."""
+    return {s.name: s.cost(cfg, speed, sizes) for s in STAGES if s.cost is not None}
 
 
 def _repeats(lr: int | None = None, grid: int | None = None) -> Callable[[StudyConfig],
@@ -190,19 +128,20 @@ def plan(cfg: StudyConfig, budget_s: float, speed: Speed, sizes: Sizes) -> Plan:
     return Plan(cfg, estimate, applied, fits)
 
 
-def measure_speed(model_fn: Callable[[], nn.Module], splits: Splits, batch_sizes: Sequence[int],
-                  eval_batch_size: int, seed: int = 0) -> Speed:
-    """Seconds per training step at each batch size (scratch models) and per evaluated sample."""
+def measure_speed(workload: Workload, batch_sizes: Sequence[int], eval_batch_size: int,
+                  seed: int = 0) -> Speed:
+    """Seconds per training step at each batch size and per evaluated sample, on scratch models
+    made (and shuffled) as the stages make theirs."""
+    from tuner.train import evaluate  # the training path, only when measuring
+
+    splits = workload.splits
     step_s = {}
     for bs in sorted(set(batch_sizes)):
         if bs > len(splits.train):
             continue
-        torch.manual_seed(seed)
-        model = model_fn().to(splits.train.device)
-        steps_per_s = measure_throughput(model, make_sgd(model, 1e-3, 0.9, 0.0), splits.train, bs,
-                                         min_seconds=THROUGHPUT_SECONDS,
-                                         generator=torch.Generator().manual_seed(seed))
-        step_s[bs] = 1.0 / steps_per_s
+        step_s[bs] = 1.0 / workload.steps_per_second(bs, seed=seed,
+                                                     min_seconds=THROUGHPUT_SECONDS)
+    model = workload.new_model(seed)
     evaluate(model, splits.val, eval_batch_size)  # warm-up
     t0 = time.perf_counter()
     passes = 0
@@ -212,11 +151,10 @@ def measure_speed(model_fn: Callable[[], nn.Module], splits: Splits, batch_sizes
     return Speed(step_s, (time.perf_counter() - t0) / (passes * len(splits.val)))
 
 
-def fit_to_budget(cfg: StudyConfig, budget_s: float, model_fn: Callable[[], nn.Module],
-                  splits: Splits) -> Plan:
+def fit_to_budget(cfg: StudyConfig, budget_s: float, workload: Workload) -> Plan:
     """Measure this machine, then ``plan``; logs what was cut."""
-    sizes = Sizes(len(splits.train), len(splits.val))
-    speed = measure_speed(model_fn, splits, [cfg.train.batch_size, *cfg.batch_size.values],
+    sizes = Sizes(len(workload.splits.train), len(workload.splits.val))
+    speed = measure_speed(workload, [cfg.train.batch_size, *cfg.batch_size.values],
                           cfg.train.eval_batch_size, cfg.train.seed)
     result = plan(cfg, budget_s, speed, sizes)
     total = sum(result.estimated_s.values())

@@ -9,10 +9,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner.config import ConfigError, StudyConfig, load_study
 from tuner.lr_range import NoUsableMinimum
+from tuner.stages import STAGES
 from tuner.storage import DEFAULT_STORAGE, StorageError
+
+if TYPE_CHECKING:
+    from tuner.pipeline import Result
 
 DEFAULT_STUDY = Path("studies/mnist1d_cnn.toml")
 log = logging.getLogger("tuner")
@@ -22,33 +27,19 @@ def _storage_arg(value: str | None) -> str:
     return value or os.environ.get("TUNER_STORAGE") or DEFAULT_STORAGE
 
 
-def summary_table(result, report: str | None = None) -> str:  # noqa: ANN001 -- pipeline.Result
-    """The end-of-run table: the chosen values, the final test score and where the report is."""
-    d = result.decisions
-    final = d["final"]
-    split = final.get("scored_on", "test")  # "val" when the data has no test split
-    label = "test" if split == "test" else "validation"
-    rows = [
-        ("run", result.run),
-        ("storage", result.storage),
-        ("LR range (range test)", f"{d['lr_range']['min_lr']:.3g} - {d['lr_range']['max_lr']:.3g}"),
-        ("max momentum (cyclical)",
-         f"{d['momentum']['max_momentum']:g} -> {d['momentum']['min_momentum']:g}"),
-        ("weight decay", f"{d['weight_decay']['weight_decay']:g}"),
-        ("batch size", f"{d['batch_size']['batch_size']}"),
-        ("LR range at that batch size",
-         f"{d['batch_size']['min_lr']:.3g} - {d['batch_size']['max_lr']:.3g}"),
-    ]
-    if d.get("refine", {}).get("trials"):
-        rows.append((f"refined ({d['refine']['trials']} trials)",
-                     f"LR {result.min_lr:.3g} - {result.max_lr:.3g}, momentum "
-                     f"{result.momentum:g}, weight decay {result.weight_decay:g}"))
+def summary_table(result: Result, report: str | None = None) -> str:
+    """The end-of-run table: each stage's decision in a few words, the final values, the time
+    each stage took and where the report is."""
+    v, final = result.values, result.final
+    rows = [("run", result.run), ("storage", result.storage)]
+    rows += [(stage.title, result.decisions[stage.name].summary()) for stage in STAGES
+             if stage.name in result.decisions]
     rows += [
-        ("final training", f"1cycle, {final['epochs']} epochs, seeds {final['seeds']}"),
-        (f"{label} accuracy", f"{100 * final[f'{split}_accuracy']:.2f}% "
-                              f"± {100 * final[f'{split}_accuracy_sd']:.2f}"),
-        (f"{label} loss", f"{final[f'{split}_loss']:.4f}"),
-        ("time per stage", ", ".join(f"{k} {v.get('seconds', 0):.0f}s" for k, v in d.items())),
+        ("final values", f"LR {v.min_lr:.3g} - {v.max_lr:.3g}, momentum {v.max_momentum:g} -> "
+                         f"{v.min_momentum:g}, weight decay {v.weight_decay:g}, batch size "
+                         f"{v.batch_size}; 1cycle, {final.epochs} epochs, seeds {final.seeds}"),
+        ("time per stage", ", ".join(f"{k} {d.seconds:.0f}s" for k, d in
+                                     result.decisions.items())),
     ]
     if report:
         rows.append(("report", report))
@@ -61,22 +52,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from tuner import workers
+    from tuner.context import load_workload
+    from tuner.dashboard import annotate_stage
     from tuner.pipeline import budgeted_config, prepare, run
+    from tuner.references import check_references
     from tuner.workers import threads_per_worker
 
     if args.study is None and not DEFAULT_STUDY.is_file():
         config = StudyConfig()  # every number has a default in the code
     else:
         config = load_study(args.study or DEFAULT_STUDY)
+    check_references(config)
     storage = _storage_arg(args.storage)
     threads = args.threads or (threads_per_worker(args.workers) if args.workers > 1 else 0)
     if args.device or threads:
         config = config.replace(train=dataclasses.replace(
             config.train, device=args.device or config.train.device,
             threads=threads or config.train.threads))
+    workload = load_workload(config)  # read once, before the storage is touched
     if args.budget is not None:
         config = budgeted_config(config, args.budget, storage=storage, run_name=args.run,
-                                 fresh=args.fresh)
+                                 fresh=args.fresh, workload=workload)
     procs = []
     if args.workers > 1:  # N - 1 helpers join the run; this process is the N-th worker
         run_name = prepare(config, storage, args.run, args.fresh)
@@ -85,7 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.run, args.fresh = run_name, False
     try:
         with logging_redirect_tqdm():
-            result = run(config, storage=storage, run_name=args.run, fresh=args.fresh)
+            result = run(config, storage=storage, run_name=args.run, fresh=args.fresh,
+                         workload=workload, on_decided=annotate_stage)
     finally:
         codes = workers.wait(procs)
     if any(codes):
@@ -145,10 +142,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from tuner.dashboard import annotate_stage
     from tuner.pipeline import join
 
     with logging_redirect_tqdm():
-        join(_storage_arg(args.storage), args.run, threads=args.threads, device=args.device)
+        join(_storage_arg(args.storage), args.run, threads=args.threads, device=args.device,
+             on_decided=annotate_stage)
     return 0
 
 

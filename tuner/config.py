@@ -8,49 +8,101 @@ A study file (TOML) overrides any of them, table by table::
     [momentum]
     values = [0.99, 0.97, 0.95, 0.9]
 
+Each section is a pydantic dataclass (still a stdlib dataclass, so ``dataclasses.replace``,
+``asdict`` and ``fields`` work, and a replace validates again): the annotations say what is valid
+(``Literal`` choices, bounds), and validators check only the rules that tie fields together.
 Unknown keys, wrong types and out-of-range values raise ``ConfigError`` with a one-line message
 that names the key and what would be valid, before any training starts.
+
+This module checks values only. Whether the dataset and the model a study names exist (files,
+imports) is checked by ``tuner.references.check_references``, which needs torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 import tomllib
-import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
     """A study file or a configuration value is invalid."""
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+def _rule(ok: Callable[[Any], bool], phrase: str) -> AfterValidator:
+    """A one-field rule that a bound or a ``Literal`` cannot say; ``phrase``: "must be ..."."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise PydanticCustomError("rule", phrase)
+        return value
+
+    return AfterValidator(check)
 
 
-def _positive(section: str, **values: float) -> None:
-    for key, value in values.items():
-        _check(0 < value < math.inf, f"{section}.{key} must be a finite number > 0, but got "
-               f"{key}={value!r}.")
+# Strict scalars: a bool is not a number, 12.5 or "12" is not an integer (a float takes an int).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
+Count = Annotated[Int, Field(ge=0)]
+PosInt = Annotated[Int, Field(gt=0)]
+PosFloat = Annotated[Float, Field(gt=0)]
+NonNeg = Annotated[Float, Field(ge=0)]
+Unit = Annotated[Float, Field(ge=0, lt=1)]  # [0, 1)
+Classes = Annotated[Count, _rule(lambda n: n != 1, "must be 0 (from the labels) or >= 2")]
+Device = Annotated[Str, _rule(lambda d: re.fullmatch(r"auto|cpu|cuda(:\d+)?", d) is not None,
+                              "must be one of auto, cpu, cuda, cuda:N")]
+Name = Annotated[Str, _rule(lambda s: bool(s) and "/" not in s,
+                            "must be a non-empty string without '/'")]
+
+# Finite numbers only; no keys beyond the fields. Lax otherwise, so that TOML lists become tuples
+# and nested tables become sections.
+_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+_T = TypeVar("_T")
+_KEYS: dict[type, tuple[str, ...]] = {}  # section class -> its table's key, () for the study
 
 
-def _fraction(section: str, **values: float) -> None:
-    for key, value in values.items():
-        _check(0 < value < 1, f"{section}.{key} must be in (0, 1), but got {key}={value!r}.")
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def _section(key: str) -> Callable[[type[_T]], type[_T]]:
+    """A frozen pydantic dataclass whose constructor raises ``ConfigError`` naming ``key.field``
+    (``key``: the section's table in a study file)."""
+
+    def decorate(cls: type[_T]) -> type[_T]:
+        cls = dataclass(frozen=True, config=_CONFIG)(cls)
+        validate = cls.__init__
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                validate(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise _config_error(exc, cls, _KEYS[cls]) from None
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        _KEYS[cls] = (key,) if key else ()
+        return cls
+
+    return decorate
 
 
-AUGMENTS = ("auto", "none", "cifar")
-NORMALIZES = ("auto", "none", "channel")
-HOLDS = ("auto", "tensor", "loader")
-
-
-@dataclass(frozen=True)
+@_section("data")
 class DataConfig:
     """Which dataset, and how the validation split is carved from the training split.
 
@@ -58,243 +110,166 @@ class DataConfig:
     ``imagefolder:PATH``. Paths are relative to the working directory.
     """
 
-    name: str = "mnist1d"
-    val_fraction: float = 0.2  # of the training split; the test split is used only at the end
-    split_seed: int = 0
-    root: str = "data"  # torchvision datasets (cifar10, cifar100, mnist) live here
-    download: bool = False  # let torchvision download into root (needs a network)
-    test_path: str = ""  # npz: / imagefolder: the test split's file or folder ("" = none)
-    train_subset: int = 0  # use this many training samples (a seeded random subset); 0 = all
-    num_classes: int = 0  # labels must lie in [0, num_classes); 0 = max label + 1
-    augment: str = "auto"  # auto (cifar for cifar10/cifar100) | none | cifar (crop + flip)
-    normalize: str = "auto"  # auto (channel for images and uint8 data) | none | channel
-    image_size: int = 0  # imagefolder: resize + center-crop to this size; 0 = as stored
-    hold: str = "auto"  # auto (one tensor if it fits, else a DataLoader) | tensor | loader
-    workers: int = 2  # DataLoader worker processes, when the data is held by a loader
-
-    def __post_init__(self) -> None:
-        _fraction("data", val_fraction=self.val_fraction)
-        for key, value, valid in [("augment", self.augment, AUGMENTS),
-                                  ("normalize", self.normalize, NORMALIZES),
-                                  ("hold", self.hold, HOLDS)]:
-            _check(value in valid, f"data.{key} must be one of {', '.join(valid)}, but got "
-                   f"{key}={value!r}.")
-        for key in ("train_subset", "num_classes", "image_size", "workers"):
-            value = getattr(self, key)
-            _check(value >= 0, f"data.{key} must be >= 0, but got {key}={value!r}.")
-        _check(self.num_classes != 1, "data.num_classes must be 0 (from the labels) or >= 2, "
-               f"but got num_classes={self.num_classes!r}.")
+    name: Str = "mnist1d"
+    # of the training split, in (0, 1); the test split is used only at the end
+    val_fraction: Annotated[Float, Field(gt=0, lt=1)] = 0.2
+    split_seed: Int = 0
+    root: Str = "data"  # torchvision datasets (cifar10, cifar100, mnist) live here
+    download: Bool = False  # let torchvision download into root (needs a network)
+    test_path: Str = ""  # npz: / imagefolder: the test split's file or folder ("" = none)
+    train_subset: Count = 0  # use this many training samples (a seeded random subset); 0 = all
+    # labels must lie in [0, num_classes); 0 = max label + 1
+    num_classes: Classes = 0
+    # auto (cifar for cifar10/cifar100) | none | cifar (crop + flip)
+    augment: Literal["auto", "none", "cifar"] = "auto"
+    # auto (channel for images and uint8 data) | none | channel
+    normalize: Literal["auto", "none", "channel"] = "auto"
+    image_size: Count = 0  # imagefolder: resize + center-crop to this size; 0 = as stored
+    # auto (one tensor if it fits, else a DataLoader) | tensor | loader
+    hold: Literal["auto", "tensor", "loader"] = "auto"
+    workers: Count = 2  # DataLoader worker processes, when the data is held by a loader
 
 
-@dataclass(frozen=True)
+@_section("model")
 class ModelConfig:
     """A built-in network (``tuner.models.MODELS``) or ``"package.module:factory"``: a callable
     returning an ``nn.Module``, called with ``kwargs`` (and ``num_classes`` if it takes one)."""
 
-    name: str = "mnist1d_cnn"
+    name: Str = "mnist1d_cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)  # [model.kwargs] in a study file
-    path: str = ""  # folder a module:factory is imported from; load_study sets the file's own
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.kwargs, Mapping), f"model.kwargs must be a table, but got "
-               f"kwargs={self.kwargs!r}.")
+    path: Str = ""  # folder a module:factory is imported from; load_study sets the file's own
 
 
-@dataclass(frozen=True)
+@_section("train")
 class TrainConfig:
     """Settings shared by every training run of every stage."""
 
     # For every stage before the batch-size stage. Small, so that the short momentum and weight
     # decay runs take enough steps to rank values as a full training would (the paper: 128).
-    batch_size: int = 32
-    eval_batch_size: int = 2048
-    nesterov: bool = False
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-
-    def __post_init__(self) -> None:
-        _positive("train", batch_size=self.batch_size, eval_batch_size=self.eval_batch_size)
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-               f"train.device must be one of auto, cpu, cuda, but got device={self.device!r}.")
-        _check(self.threads >= 0, f"train.threads must be >= 0, but got threads={self.threads}.")
+    batch_size: PosInt = 32
+    eval_batch_size: PosInt = 2048
+    nesterov: Bool = False
+    seed: Int = 0
+    device: Device = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Count = 0  # torch CPU threads; 0 keeps torch's default
 
 
-@dataclass(frozen=True)
+@_section("schedule")
 class ScheduleConfig:
     """The 1cycle policy: two equal linear steps min->max->min, then annihilation."""
 
-    cycle_fraction: float = 0.9  # share of the run taken by the two steps
-    final_div: float = 100.0  # the last steps fall to min_lr / final_div
-
-    def __post_init__(self) -> None:
-        _check(0 < self.cycle_fraction <= 1,
-               f"schedule.cycle_fraction must be in (0, 1], but got "
-               f"cycle_fraction={self.cycle_fraction!r}.")
-        _check(self.final_div >= 1,
-               f"schedule.final_div must be >= 1, but got final_div={self.final_div!r}.")
+    cycle_fraction: Annotated[Float, Field(gt=0, le=1)] = 0.9  # share of the run taken by the steps
+    final_div: Annotated[Float, Field(ge=1)] = 100.0  # the last steps fall to min_lr / final_div
 
 
-@dataclass(frozen=True)
+@_section("lr_range")
 class LRRangeConfig:
     """The LR range test: one short run with a rising LR, validation loss along the way."""
 
-    start_lr: float = 1e-3
-    end_lr: float = 10.0
-    num_iters: int = 1000  # long enough for the net to learn: a short test overshoots
-    mode: str = "exp"  # exp | linear (the paper's)
-    eval_every: int = 10  # iterations between validation measurements
-    val_subset: int = 1000  # fixed validation samples measured each time
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    smooth: float = 0.9  # EMA factor for the training loss (bias-corrected)
-    diverge_factor: float = 4.0  # stop once smoothed train loss > factor * its minimum
-    min_lr_div: float = 10.0  # min LR = max LR / this (the paper's rule)
-    repeats: int = 3  # tests from different seeds, validation curves averaged: one is noisy
+    start_lr: PosFloat = 1e-3
+    end_lr: PosFloat = 10.0  # > start_lr
+    num_iters: PosInt = 1000  # long enough for the net to learn: a short test overshoots
+    mode: Literal["exp", "linear"] = "exp"  # linear: the paper's
+    eval_every: PosInt = 10  # iterations between validation measurements
+    val_subset: PosInt = 1000  # fixed validation samples measured each time
+    momentum: Unit = 0.9
+    weight_decay: NonNeg = 0.0
+    smooth: Unit = 0.9  # EMA factor for the training loss (bias-corrected)
+    # stop once smoothed train loss > factor * its minimum
+    diverge_factor: Annotated[Float, Field(gt=1)] = 4.0
+    min_lr_div: PosFloat = 10.0  # min LR = max LR / this (the paper's rule)
+    repeats: PosInt = 3  # tests from different seeds, validation curves averaged: one is noisy
 
-    def __post_init__(self) -> None:
-        _positive("lr_range", start_lr=self.start_lr, end_lr=self.end_lr,
-                  num_iters=self.num_iters, eval_every=self.eval_every,
-                  val_subset=self.val_subset, min_lr_div=self.min_lr_div, repeats=self.repeats)
-        _check(self.end_lr > self.start_lr,
-               f"lr_range.end_lr must be > start_lr, but got end_lr={self.end_lr!r}, "
-               f"start_lr={self.start_lr!r}.")
-        _check(self.mode in ("exp", "linear"),
-               f"lr_range.mode must be 'exp' or 'linear', but got mode={self.mode!r}.")
-        _check(0 <= self.smooth < 1, f"lr_range.smooth must be in [0, 1), but got "
-               f"smooth={self.smooth!r}.")
-        _check(self.diverge_factor > 1, f"lr_range.diverge_factor must be > 1, but got "
-               f"diverge_factor={self.diverge_factor!r}.")
-        _check(0 <= self.momentum < 1, f"lr_range.momentum must be in [0, 1), but got "
-               f"momentum={self.momentum!r}.")
-        _check(self.weight_decay >= 0, f"lr_range.weight_decay must be >= 0, but got "
-               f"weight_decay={self.weight_decay!r}.")
+    @model_validator(mode="after")
+    def _end_above_start(self) -> Self:
+        if self.end_lr <= self.start_lr:
+            raise ValueError(f"end_lr must be > start_lr, but got end_lr={self.end_lr!r}, "
+                             f"start_lr={self.start_lr!r}.")
+        return self
 
 
-@dataclass(frozen=True)
+@_section("momentum")
 class MomentumConfig:
     """Short 1cycle runs; momentum falls from each value to ``min_momentum`` and back."""
 
-    values: tuple[float, ...] = (0.99, 0.97, 0.95, 0.9)
-    min_momentum: float = 0.85
-    epochs: int = 30  # shorter runs favour high momentum, which a full training does not
-    weight_decay: float = 1e-4  # held constant while momentum is chosen
-    repeats: int = 2  # runs per value from different seeds, final val losses averaged
+    values: Annotated[tuple[Unit, ...], Field(min_length=1)] = (0.99, 0.97, 0.95, 0.9)
+    min_momentum: Unit = 0.85  # <= every value
+    epochs: PosInt = 30  # shorter runs favour high momentum, which a full training does not
+    weight_decay: NonNeg = 1e-4  # held constant while momentum is chosen
+    repeats: PosInt = 2  # runs per value from different seeds, final val losses averaged
 
-    def __post_init__(self) -> None:
-        _check(len(self.values) > 0, "momentum.values must not be empty.")
+    @model_validator(mode="after")
+    def _values_above_min(self) -> Self:
         for v in self.values:
-            _check(0 <= v < 1, f"momentum.values must lie in [0, 1), but got value={v!r}.")
-            _check(v >= self.min_momentum, f"momentum.values must be >= min_momentum="
-                   f"{self.min_momentum}, but got value={v!r}.")
-        _positive("momentum", epochs=self.epochs, repeats=self.repeats)
-        _check(self.weight_decay >= 0, f"momentum.weight_decay must be >= 0, but got "
-               f"weight_decay={self.weight_decay!r}.")
+            if v < self.min_momentum:
+                raise ValueError(f"values must be >= min_momentum={self.min_momentum}, but got "
+                                 f"value={v!r}.")
+        return self
 
 
-@dataclass(frozen=True)
+@_section("weight_decay")
 class WeightDecayConfig:
     """A grid of constant weight decays, with the chosen LR range and momentum."""
 
-    values: tuple[float, ...] = (1e-3, 1e-4, 1e-5, 0.0)
-    epochs: int = 30  # shorter runs favour weak regularisation, which a full training does not
-    repeats: int = 2  # runs per value from different seeds, final val losses averaged
-
-    def __post_init__(self) -> None:
-        _check(len(self.values) > 0, "weight_decay.values must not be empty.")
-        for v in self.values:
-            _check(v >= 0, f"weight_decay.values must be >= 0, but got value={v!r}.")
-        _positive("weight_decay", epochs=self.epochs, repeats=self.repeats)
+    values: Annotated[tuple[NonNeg, ...], Field(min_length=1)] = (1e-3, 1e-4, 1e-5, 0.0)
+    epochs: PosInt = 30  # shorter runs favour weak regularisation, which a full training does not
+    repeats: PosInt = 2  # runs per value from different seeds, final val losses averaged
 
 
-LR_CAPS = ("linear", "none")
-
-
-@dataclass(frozen=True)
+@_section("batch_size")
 class BatchSizeConfig:
     """Candidate batch sizes, each trained for the same wall-clock budget."""
 
-    values: tuple[int, ...] = (32, 64, 128, 256, 512)
+    values: Annotated[tuple[PosInt, ...], Field(min_length=1)] = (32, 64, 128, 256, 512)
     # Training seconds per candidate (evaluation not counted). 0 = measured on this machine: the
     # time final.epochs epochs take at train.batch_size, the time a final training would take.
-    budget_s: float = 0.0
-    range_test_iters: int = 1000  # a short LR range test per size gives each its own LR
-    reports: int = 10  # validation measurements per run, at equal fractions of the budget
+    budget_s: NonNeg = 0.0
+    range_test_iters: PosInt = 1000  # a short LR range test per size gives each its own LR
+    reports: PosInt = 10  # validation measurements per run, at equal fractions of the budget
     # "linear": a size larger than train.batch_size gets at most stage 1's max LR x the size
     # ratio (the linear scaling rule), however high its own range test reaches; "none": its own.
-    lr_cap: str = "linear"
+    lr_cap: Literal["linear", "none"] = "linear"
     # Another size replaces train.batch_size (at which stages 1-3 were tuned) only when its final
     # validation loss is lower by more than this share; 0 = the lowest loss wins outright.
-    margin: float = 0.1
-
-    def __post_init__(self) -> None:
-        _check(len(self.values) > 0, "batch_size.values must not be empty.")
-        _check(0 <= self.margin < 1, f"batch_size.margin must be in [0, 1), but got "
-               f"margin={self.margin!r}.")
-        _check(self.lr_cap in LR_CAPS, f"batch_size.lr_cap must be one of {list(LR_CAPS)}, but "
-               f"got lr_cap={self.lr_cap!r}.")
-        for v in self.values:
-            _check(v > 0, f"batch_size.values must be > 0, but got value={v!r}.")
-        _check(0 <= self.budget_s < math.inf, "batch_size.budget_s must be a finite number >= 0 "
-               "(0 = the time of a final training at train.batch_size), but got "
-               f"budget_s={self.budget_s!r}.")
-        _positive("batch_size", range_test_iters=self.range_test_iters, reports=self.reports)
+    margin: Unit = 0.1
 
 
-@dataclass(frozen=True)
+@_section("refine")
 class RefineConfig:
     """Optional: a short TPE search around the staged values (``tuner/stages/refine.py``)."""
 
     # Refine until the tuning stages (1-4 and this one) have taken this many seconds in all;
     # 0 = no refinement (the paper's pipeline as it stands).
-    total_s: float = 0.0
-    lr_factor: float = 2.0  # max LR searched within [staged / factor, staged * factor]
-    max_trials: int = 0  # stop after this many trials too; 0 = only the time limit
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.total_s < math.inf, "refine.total_s must be a finite number >= 0 "
-               f"(0 = no refinement), but got total_s={self.total_s!r}.")
-        _check(1 < self.lr_factor < math.inf, "refine.lr_factor must be a finite number > 1, "
-               f"but got lr_factor={self.lr_factor!r}.")
-        _check(self.max_trials >= 0, "refine.max_trials must be >= 0 (0 = no limit), but got "
-               f"max_trials={self.max_trials!r}.")
+    total_s: NonNeg = 0.0
+    # max LR searched within [staged / factor, staged * factor]
+    lr_factor: Annotated[Float, Field(gt=1)] = 2.0
+    max_trials: Count = 0  # stop after this many trials too; 0 = only the time limit
 
 
-@dataclass(frozen=True)
+@_section("final")
 class FinalConfig:
     """Final 1cycle training on train + validation, scored once on the test split."""
 
-    epochs: int = 40  # at train.batch_size
-    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: PosInt = 40  # at train.batch_size
+    seeds: Annotated[tuple[Int, ...], Field(min_length=1)] = (0, 1, 2)
     # "time": the chosen batch size trains as long (in seconds) as `epochs` epochs at
     # train.batch_size take, as the batch-size stage compared it; "epochs": `epochs` epochs.
-    length: str = "time"
-
-    def __post_init__(self) -> None:
-        _positive("final", epochs=self.epochs)
-        _check(len(self.seeds) > 0, "final.seeds must not be empty.")
-        _check(self.length in ("time", "epochs"),
-               f"final.length must be 'time' or 'epochs', but got length={self.length!r}.")
+    length: Literal["time", "epochs"] = "time"
 
 
-@dataclass(frozen=True)
+@_section("pruner")
 class PrunerConfig:
     """See ``tuner.pruners.MarginPruner``."""
 
-    margin: float = 0.25  # prune when val loss > best-at-the-same-step * (1 + margin)
+    margin: NonNeg = 0.25  # prune when val loss > best-at-the-same-step * (1 + margin)
     # Share of a run's reports before which only NaN/inf prune. In 1cycle the loss around the
     # LR peak (mid-run) says little about the end, so only the annealing phase is compared.
-    warmup_fraction: float = 0.7
-
-    def __post_init__(self) -> None:
-        _check(self.margin >= 0, f"pruner.margin must be >= 0, but got margin={self.margin!r}.")
-        _check(0 <= self.warmup_fraction <= 1, f"pruner.warmup_fraction must be in [0, 1], "
-               f"but got warmup_fraction={self.warmup_fraction!r}.")
+    warmup_fraction: Annotated[Float, Field(ge=0, le=1)] = 0.7
 
 
-@dataclass(frozen=True)
+@_section("")
 class StudyConfig:
-    name: str = "mnist1d_cnn"
+    name: Name = "mnist1d_cnn"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -307,16 +282,6 @@ class StudyConfig:
     final: FinalConfig = field(default_factory=FinalConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
 
-    def __post_init__(self) -> None:
-        # Imported here: the registries import torch, which the config module need not.
-        from tuner.models import resolve_model
-        from tuner.sources import check_source
-
-        _check(bool(self.name) and "/" not in self.name,
-               f"name must be a non-empty string without '/', but got name={self.name!r}.")
-        check_source(self.data)  # a built-in name, or npz:/imagefolder: paths that exist
-        resolve_model(self.model)  # a built-in name, or a module:factory that imports
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -324,63 +289,73 @@ class StudyConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a field's type hint (TOML gives int, float, str, bool, list)."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        (item_hint, _ellipsis) = typing.get_args(hint)
-        _check(isinstance(value, list | tuple), f"{key} must be a list, but got {key}={value!r}.")
-        return tuple(_coerce(v, item_hint, key) for v in value)
-    if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key} has the wrong type: got {key}={value!r}.")
-    if hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        _check(ok, f"{key} must be a number, but got {key}={value!r}.")
-        return float(value)
-    if hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        _check(ok, f"{key} must be an integer, but got {key}={value!r}.")
-        return value
-    if hint is bool:
-        _check(isinstance(value, bool), f"{key} must be true or false, but got {key}={value!r}.")
-        return value
-    if hint is str:
-        _check(isinstance(value, str), f"{key} must be a string, but got {key}={value!r}.")
-        return value
-    if origin is dict:
-        _check(isinstance(value, Mapping), f"{key} must be a table, but got {key}={value!r}.")
-        return dict(value)
-    return value
+# --- pydantic's errors as one line naming the key -----------------------------------------
+
+_PHRASES = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "tuple_type": "must be a list",
+    "dict_type": "must be a table",
+    "too_short": "must not be empty",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+}
 
 
-def from_dict(cls: type, table: Mapping[str, Any], prefix: str = "") -> Any:
-    """Build the dataclass ``cls`` from a (nested) mapping, rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        full = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"unknown key {full!r}; valid keys"
-                              f"{' in [' + prefix[:-1] + ']' if prefix else ''}: "
-                              f"{', '.join(fields)}.")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            _check(isinstance(value, Mapping), f"{full} must be a table [{full}], but got "
-                   f"{full}={value!r}.")
-            kwargs[key] = from_dict(hint, value, prefix=f"{full}.")
-        else:
-            kwargs[key] = _coerce(value, hint, full)
-    return cls(**kwargs)
+def _key(parts: tuple[str | int, ...]) -> str:
+    """("momentum", "values", 1) -> "momentum.values[1]"."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{part}"
+    return text
+
+
+def _annotation(cls: type, names: tuple[str | int, ...]) -> Any:
+    """The type of the field ``names`` lead to from ``cls`` (``cls`` itself for none)."""
+    for name in names:
+        cls = cls.__pydantic_fields__[name].annotation  # type: ignore[attr-defined]
+    return cls
+
+
+def _config_error(exc: ValidationError, cls: type, path: tuple[str, ...]) -> ConfigError:
+    """The first of ``exc``'s errors as one line; ``path``: where ``cls`` sits in a study file."""
+    error = exc.errors(include_url=False)[0]
+    kind, loc, ctx = error["type"], error["loc"], error.get("ctx", {})
+    full = path + loc
+    key = _key(full)
+    if kind == "value_error":  # a validator across fields: loc leads to the section
+        return ConfigError(f"{key}.{ctx['error']}" if key else str(ctx["error"]))
+    if kind == "unexpected_keyword_argument":
+        section, keys = _key(full[:-1]), dataclasses.fields(_annotation(cls, loc[:-1]))
+        return ConfigError(f"unknown key {key!r}; valid keys{f' in [{section}]' if section else ''}"
+                           f": {', '.join(f.name for f in keys)}.")
+    if kind == "literal_error":
+        phrase = f"must be one of {list(typing.get_args(_annotation(cls, loc)))}"
+    elif kind in ("dataclass_type", "dataclass_exact_type"):
+        phrase = f"must be a table [{key}]"
+    else:  # a bound, a type, or a _rule's phrase
+        phrase = _PHRASES[kind].format(**ctx) if kind in _PHRASES else error["msg"]
+    last = max((i for i, part in enumerate(full) if isinstance(part, str)), default=0)
+    return ConfigError(f"{key} {phrase}, but got {_key(full[last:])}={error['input']!r}.")
+
+
+def from_dict(cls: type[_T], table: Mapping[str, Any], prefix: str = "") -> _T:
+    """Build the section ``cls`` from a (nested) mapping, rejecting unknown keys; messages name
+    keys as ``prefix`` + key (default: the section's own table, as the constructor does)."""
+    path = tuple(p for p in prefix.split(".") if p) or _KEYS[cls]
+    try:
+        return TypeAdapter(cls).validate_python(dict(table))
+    except ValidationError as exc:
+        raise _config_error(exc, cls, path) from None
 
 
 def load_study(path: str | Path) -> StudyConfig:
-    """Read a study file; the file name's stem is the default study name."""
+    """Read and validate a study file; the file name's stem is the default study name."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file {str(path)!r} does not exist.")

@@ -1,7 +1,8 @@
 """A run in optuna-dashboard: each stage's study carries a note saying what was decided and why,
 the LR range test carries its figure, and ``tuner dashboard`` serves the storage.
 
-``annotate_stage`` is called by the pipeline as each stage finishes (and never fails it);
+``annotate_stage`` is the pipeline's ``on_decided`` hook as each stage is decided (it never
+fails the run);
 ``annotate_run`` fills in what a finished stage lacks (runs from before notes existed, or a
 note that could not be written), and uploads the range test as an SVG artifact, which the
 dashboard previews in the study's artifact list.
@@ -20,22 +21,23 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
-from tuner.report_data import (
-    ENVIRONMENT_ATTR,
-    STAGE_TITLES,
-    SUGGESTION_NAMES,
+from tuner.config import ConfigError
+from tuner.report_data import get_range_test_info
+from tuner.stages import STAGES, Decision, Stage
+from tuner.stages.lr_range import RangeDecision
+from tuner.storage import (
     NoSuchRun,
-    decision_text,
-    environment,
-    get_range_test_info,
-    load_stage_studies,
-    open_existing_storage,
+    Run,
+    StorageError,
+    mask_url,
+    open_storage,
+    read_decision,
+    run_names,
+    storage_folder,
 )
-from tuner.storage import get_decision, mask_url, run_names, storage_folder
 from tuner.version import __version__
 
 if TYPE_CHECKING:
-    import torch
     from optuna.artifacts._protocol import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -44,29 +46,27 @@ RANGE_FIGURE_ID = "lr_range_test"  # the plotly figure's id in the dashboard
 RANGE_ARTIFACT = "lr_range_test.svg"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+RANGE_FIGURE_NOTE = ("The figure on this page: training (blue) and validation (orange) loss "
+                     "against LR, the chosen range shaded, the suggestions dashed, a cross "
+                     "where the test stopped early; `tuner report` draws it with a legend.")
 
 
 # --- notes and figures ----------------------------------------------------------------------
 
-def stage_note(stage: str, decision: dict[str, Any]) -> str:
-    """The note of a finished stage (Markdown): what was decided, why, and how long it took."""
-    lines = [f"### {STAGE_TITLES.get(stage, stage)}", "",
-             f"**Decided:** {decision_text(stage, decision)}", "",
-             f"**Why:** {decision.get('why', '')}"]
-    if stage == "lr_range":
-        rules = ", ".join(f"{SUGGESTION_NAMES.get(k, k)} {v:.3g}"
-                          for k, v in decision.get("suggestions", {}).items())
-        lines += ["", f"Range test stopped: {decision.get('stop_reason', '?')}. "
-                      f"fastai's suggestions on the training loss (for comparison): {rules}.",
-                  "", "The figure on this page: training (blue) and validation (orange) loss "
-                      "against LR, the chosen range shaded, the suggestions dashed, a cross "
-                      "where the test stopped early; `tuner report` draws it with a legend."]
-    if "seconds" in decision:
-        lines += ["", f"*{decision['seconds']:.1f} s; note written by tuner {__version__}.*"]
+def stage_note(stage: Stage, decision: Decision) -> str:
+    """The note of a decided stage (Markdown): what was decided, why, and how long it took."""
+    lines = [f"### {stage.title}", "", f"**Decided:** {decision.summary()}", "",
+             f"**Why:** {decision.why}"]
+    details = getattr(decision, "details", None)  # what a record adds (the range test's)
+    if callable(details):
+        lines += ["", details()]
+    if isinstance(decision, RangeDecision):
+        lines += ["", RANGE_FIGURE_NOTE]
+    lines += ["", f"*{decision.seconds:.1f} s; note written by tuner {__version__}.*"]
     return "\n".join(lines)
 
 
-def write_stage_note(study: optuna.Study, stage: str, decision: dict[str, Any]) -> None:
+def write_stage_note(study: optuna.Study, stage: Stage, decision: Decision) -> None:
     from optuna_dashboard import save_note
 
     save_note(study, stage_note(stage, decision))
@@ -131,45 +131,65 @@ def upload_range_artifact(study: optuna.Study, artifact_store: ArtifactStore) ->
                                study_or_trial=study, mimetype="image/svg+xml")
 
 
-def annotate_stage(study: optuna.Study, stage: str, decision: dict[str, Any],
-                   device: torch.device | str | None = None) -> None:
-    """What the pipeline calls as a stage finishes: record the environment it ran in, write
-    the stage's dashboard note and, for the range test, its figure.
+def annotate_stage(stage: Stage, study: optuna.Study, decision: Decision) -> None:
+    """What the pipeline calls as a stage is decided: write the stage's dashboard note and, for
+    the range test, its figure.
 
     Never raises: a note that cannot be written is logged and left to ``tuner dashboard``.
     """
     try:
-        study.set_user_attr(ENVIRONMENT_ATTR, environment(device))
         write_stage_note(study, stage, decision)
-        if stage == "lr_range":
+        if isinstance(decision, RangeDecision):
             attach_range_figure(study)
     except Exception as exc:  # noqa: BLE001 -- a note is never worth a failed run
         log.warning("could not write the dashboard note of %s (%s: %s); `tuner dashboard` "
                     "writes it later", study.study_name, type(exc).__name__, exc)
 
 
-def annotate_run(storage: optuna.storages.BaseStorage, run: str,
-                 artifact_store: ArtifactStore | None = None) -> list[str]:
-    """Write what the run's finished stages lack: the note, the range test figure and (with an
+def annotate_run(run: Run, artifact_store: ArtifactStore | None = None) -> list[str]:
+    """Write what the run's decided stages lack: the note, the range test figure and (with an
     artifact store) its SVG artifact. Returns what was written, e.g. ``["momentum note"]``."""
     written = []
-    for stage, study in load_stage_studies(storage, run).items():
-        decision = get_decision(study)
-        if decision is None:
+    studies = run.studies()
+    for stage in STAGES:
+        study = studies.get(stage.name)
+        decision = read_decision(stage, study) if study is not None else None
+        if study is None or decision is None:
             continue
         if not has_note(study):
             write_stage_note(study, stage, decision)
-            written.append(f"{stage} note")
-        if stage != "lr_range":
-            continue
-        if not has_range_figure(study) and attach_range_figure(study):
-            written.append(f"{stage} figure")
-        if artifact_store is not None and not any(
-                a.get("filename") == RANGE_ARTIFACT for a in study_artifacts(study)):
-            if upload_range_artifact(study, artifact_store) is not None:
-                written.append(f"{stage} artifact")
+            written.append(f"{stage.name} note")
+        if isinstance(decision, RangeDecision):
+            written += [f"{stage.name} {w}" for w in _range_figures(study, artifact_store)]
     if written:
-        log.info("run %r: wrote %s", run, ", ".join(written))
+        log.info("run %r: wrote %s", run.name, ", ".join(written))
+    return written
+
+
+def _range_figures(study: optuna.Study, artifact_store: ArtifactStore | None) -> list[str]:
+    """The range test's figure and artifact, where the study lacks them."""
+    written = []
+    if not has_range_figure(study) and attach_range_figure(study):
+        written.append("figure")
+    if artifact_store is not None and not any(
+            a.get("filename") == RANGE_ARTIFACT for a in study_artifacts(study)):
+        if upload_range_artifact(study, artifact_store) is not None:
+            written.append("artifact")
+    return written
+
+
+def annotate_storage(storage: optuna.storages.RDBStorage, url: str,
+                     artifact_store: ArtifactStore | None = None) -> list[str]:
+    """``annotate_run`` on every run in the storage; a run this tuner cannot read (another
+    version's) is left as it is, with a warning."""
+    written = []
+    for name in run_names(storage):
+        run = Run(storage, mask_url(url), name)
+        try:
+            run.check_schema()
+            written += [f"{name}: {w}" for w in annotate_run(run, artifact_store)]
+        except (ConfigError, StorageError) as exc:
+            log.warning("run %r: no notes written (%s)", name, exc)
     return written
 
 
@@ -196,21 +216,20 @@ class _QuietHandler(WSGIRequestHandler):
 
 def make_dashboard_server(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
                           artifact_dir: str | Path | None = None) -> WSGIServer:
-    """Annotate every run in the storage, then bind optuna-dashboard to ``host:port`` (port 0:
-    any free port). Call ``serve_forever()`` on the result."""
+    """Annotate every run in the storage (a SQLite file that does not exist is an error, never
+    created), then bind optuna-dashboard to ``host:port`` (port 0: any free port). Call
+    ``serve_forever()`` on the result."""
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
-    storage = open_existing_storage(url)
-    runs = run_names(storage)
-    if not runs:
+    storage = open_storage(url, create=False)
+    if not run_names(storage):
         raise NoSuchRun(f"storage {mask_url(url)!r} holds no tuner run; start one with "
                         f"`tuner run`.")
     directory = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir(url)
     directory.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(str(directory))
-    for run in runs:
-        annotate_run(storage, run, store)
+    annotate_storage(storage, url, store)
     if not is_loopback(host):
         log.warning("the dashboard listens on %s: anyone who can reach it can read and change "
                     "the studies (it has no login)", host)
@@ -224,14 +243,3 @@ def make_dashboard_server(url: str, host: str = DEFAULT_HOST, port: int = DEFAUL
 def dashboard_url(server: WSGIServer) -> str:
     host, port = server.server_address[:2]
     return f"http://{f'[{host}]' if ':' in str(host) else host}:{port}/dashboard"
-
-
-def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          artifact_dir: str | Path | None = None) -> None:
-    """Serve optuna-dashboard on the storage until interrupted."""
-    server = make_dashboard_server(url, host, port, artifact_dir)
-    log.info("optuna-dashboard on %s: %s", mask_url(url), dashboard_url(server))
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

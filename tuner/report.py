@@ -12,31 +12,32 @@ import html
 import json
 import logging
 import math
+import re
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import optuna
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from tuner.report_data import (
-    STAGE_TITLES,
-    SUGGESTION_NAMES,
     FinalInfo,
     GridStageInfo,
     RangeTestInfo,
     RefineInfo,
     RunInfo,
+    StageInfo,
     TrialCurve,
-    default_report_path,
     downsample,
+    find_run,
     load_run,
     loss_window,
-    split_name,
 )
+from tuner.stages.lr_range import SUGGESTION_NAMES
+from tuner.storage import Run, storage_folder
+from tuner.text import split_name
 from tuner.version import __version__
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def grid_stage_figure(info: GridStageInfo) -> go.Figure:
     decided = f"chosen: {_fmt(info.chosen)}" if info.chosen is not None else "not decided"
     xmax = max([info.planned_reports or 1] + [len(c.val_losses) for c in info.trials])
     fig.update_layout(template=TEMPLATE, height=460,
-                      title=f"{STAGE_TITLES[info.stage]}: validation loss per epoch ({decided})",
+                      title=f"{info.title}: validation loss per epoch ({decided})",
                       xaxis={"title": "epoch", "range": [0.5, xmax + 0.5], "dtick": 1
                              if xmax <= 15 else None},
                       yaxis={"title": "validation loss"}, legend={"title": info.label})
@@ -228,13 +229,13 @@ def batch_size_figure(info: GridStageInfo) -> go.Figure:
         fig.update_yaxes(title_text="validation loss", row=2, col=1,
                          range=[min(w[0] for w in windows), max(w[1] for w in windows)])
     fig.update_layout(template=TEMPLATE, height=800 if has_ranges else 460,
-                      title=f"Batch size at equal wall-clock time ({decided}{budget})")
+                      title=f"{info.title} ({decided}{budget})")
     return fig
 
 
 # --- final training -------------------------------------------------------------------------
 
-def final_figure(info: FinalInfo) -> go.Figure:
+def final_figure(info: FinalInfo, title: str = "Final 1cycle training") -> go.Figure:
     """The 1cycle LR and momentum schedules it ran, and each seed's training loss per epoch."""
     split = split_name(info.scored_on)
     trained_on = "train + validation" if info.scored_on == "test" else "train"
@@ -268,17 +269,17 @@ def final_figure(info: FinalInfo) -> go.Figure:
                      tickformat=".3f")
     fig.update_yaxes(title_text="training loss", row=1, col=2)
     if info.accuracy is not None:
-        title = (f"Final 1cycle training: {split} accuracy {100 * info.accuracy:.2f}% "
+        title = (f"{title}: {split} accuracy {100 * info.accuracy:.2f}% "
                  f"± {100 * (info.accuracy_sd or 0):.2f}, {split} loss {info.loss:.4f}")
     else:
-        title = "Final 1cycle training (not finished)"
+        title = f"{title} (not finished)"
     fig.update_layout(template=TEMPLATE, height=460, title=title)
     return fig
 
 
 # --- refinement -----------------------------------------------------------------------------
 
-def refine_figure(info: RefineInfo) -> go.Figure:
+def refine_figure(info: RefineInfo, title: str = "Refinement") -> go.Figure:
     """Final validation loss against max LR, one marker per trial and a colour per weight
     decay; pruned trials as crosses at the top, confirmation reruns (the next seed) as
     diamonds, the staged and the chosen trial ringed."""
@@ -294,7 +295,7 @@ def refine_figure(info: RefineInfo) -> go.Figure:
             marker={"color": _color(i), "size": 10,
                     "symbol": ["x" if p.value is None else "diamond" if p.repeat else "circle"
                                for p in ps]},
-            customdata=[[p.number, p.momentum,
+            customdata=[[p.number, p.max_momentum,
                          f"{p.state}, confirmation (seed +{p.repeat})" if p.repeat else p.state]
                         for p in ps],
             hovertemplate="trial %{customdata[0]}: %{customdata[2]}<br>max LR %{x:.4g}<br>"
@@ -308,7 +309,7 @@ def refine_figure(info: RefineInfo) -> go.Figure:
                         "color": "#222" if label == "chosen" else "#888"},
                 hovertemplate=f"{label}: trial {p.number}<extra></extra>"))
     fig.update_layout(template=TEMPLATE, height=460,
-                      title=f"{STAGE_TITLES['refine']}: final validation loss of each trial",
+                      title=f"{title}: final validation loss of each trial",
                       xaxis={"title": "max LR", "type": "log"},
                       yaxis={"title": "final validation loss (× pruned)"})
     return fig
@@ -316,21 +317,24 @@ def refine_figure(info: RefineInfo) -> go.Figure:
 
 # --- the page -------------------------------------------------------------------------------
 
+def figure(detail: StageInfo, title: str) -> go.Figure:
+    """The figure of one stage's numbers (``title``: the stage's)."""
+    if isinstance(detail, RangeTestInfo):
+        return range_test_figure(detail)
+    if isinstance(detail, GridStageInfo):
+        # A grid compared at equal time (the batch size) is drawn against seconds.
+        timed = detail.budget_s is not None or detail.range_tests
+        return batch_size_figure(detail) if timed else grid_stage_figure(detail)
+    if isinstance(detail, RefineInfo):
+        return refine_figure(detail, title)
+    return final_figure(detail, title)
+
+
 def figures(info: RunInfo) -> list[tuple[str, str, go.Figure]]:
     """``(stage, why, figure)`` for every stage that has something to draw, in order."""
-    out = []
-    if info.range_test is not None:
-        out.append(("lr_range", info.range_test.why, range_test_figure(info.range_test)))
-    for grid in (info.momentum, info.weight_decay):
-        if grid is not None:
-            out.append((grid.stage, grid.why, grid_stage_figure(grid)))
-    if info.batch_size is not None:
-        out.append(("batch_size", info.batch_size.why, batch_size_figure(info.batch_size)))
-    if info.refine is not None:
-        out.append(("refine", info.refine.why, refine_figure(info.refine)))
-    if info.final is not None:
-        out.append(("final", info.final.why, final_figure(info.final)))
-    return out
+    titles = {s.stage: s.title for s in info.stages}
+    return [(name, detail.why, figure(detail, titles[name]))
+            for name, detail in info.details.items()]
 
 
 CSS = """
@@ -366,19 +370,20 @@ def _summary_html(info: RunInfo) -> str:
 
 
 def _environment_html(info: RunInfo) -> str:
-    note = ("" if info.environment_recorded else
-            "<p class=meta>The run recorded no environment; this is the report's own.</p>")
-    return note + _table(sorted(info.environment.items()), ["", ""])
+    if not info.environment:
+        return "<p class=meta>not recorded (the run recorded no environment).</p>"
+    return _table(sorted(info.environment.items()), ["", ""])
 
 
 def render_html(info: RunInfo) -> str:
     """The report page: summary, one section per stage with its figure, configuration."""
     sections = []
+    titles = {s.stage: s.title for s in info.stages}
     for i, (stage, why, fig) in enumerate(figures(info)):
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{stage}",
                           config=PLOT_CONFIG, default_width="100%",
                           default_height=f"{fig.layout.height or 460}px")
-        sections.append(f'<section id="{stage}"><h2>{i + 1}. {STAGE_TITLES[stage]}</h2>'
+        sections.append(f'<section id="{stage}"><h2>{i + 1}. {html.escape(titles[stage])}</h2>'
                         f'<p class=why>{html.escape(why)}</p><div class=figure>{div}</div>'
                         f"</section>")
     created = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -402,13 +407,23 @@ def render_html(info: RunInfo) -> str:
         "</section>", "</body></html>", ""])
 
 
-def write_report(storage: optuna.storages.BaseStorage | str, run: str | None = None,
+def safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+
+
+def default_report_path(url: str, run: str) -> Path:
+    """``reports/RUN.html`` beside a SQLite file, else under the working directory."""
+    return storage_folder(url) / "reports" / f"{safe_filename(run)}.html"
+
+
+def write_report(source: Run | str, run: str | None = None,
                  path: str | Path | None = None) -> Path:
-    """Write the report of ``run`` (default: the newest) to ``path`` (default:
-    ``reports/RUN.html`` beside a SQLite file); return the path."""
-    info = load_run(storage, run)
-    url = storage if isinstance(storage, str) else getattr(storage, "url", "")
-    path = Path(path) if path is not None else default_report_path(url, info.run)
+    """Write the report of ``run`` (default: the newest) in the storage at URL ``source`` (or
+    of the run ``source``) to ``path`` (default: ``reports/RUN.html`` beside a SQLite file);
+    return the path. A SQLite file that does not exist is an error, never created."""
+    handle = find_run(source, run)
+    info = load_run(handle)
+    path = Path(path) if path is not None else default_report_path(handle.url, info.run)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(info), encoding="utf-8")
     log.info("report of run %r: %s (%.1f MB)", info.run, path, path.stat().st_size / 1e6)

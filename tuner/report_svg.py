@@ -12,7 +12,8 @@ import math
 from collections.abc import Callable, Sequence
 from html import escape
 
-from tuner.report_data import SUGGESTION_NAMES, RangeTestInfo, downsample, loss_window
+from tuner.report_data import RangeTestInfo, downsample, loss_window
+from tuner.stages.lr_range import SUGGESTION_NAMES
 
 WIDTH, HEIGHT = 760, 440
 LEFT, RIGHT, TOP, BOTTOM = 64, 210, 40, 52  # margins; the legend sits in the right one

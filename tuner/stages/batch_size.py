@@ -31,29 +31,42 @@ import gc
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from tuner.device import is_out_of_memory, release_memory
 from tuner.locks import storage_lock
 from tuner.lr_range import LRRange, NoUsableMinimum, decide_range
-from tuner.stages.common import (
-    Context,
-    GridChoice,
-    HParams,
-    decide_grid,
-    epoch_steps,
-    one_cycle_run,
-    scored,
-)
-from tuner.stages.lr_range import run_range_test
-from tuner.train import make_sgd, measure_throughput
+from tuner.stages.base import Decision, HParams, Sizes, Speed, Stage, epoch_steps
+from tuner.stages.grid import GridChoice, decide_grid, scored
+from tuner.stages.lr_range import RangeDecision, range_test_seconds
+from tuner.stages.momentum import MomentumDecision
+from tuner.stages.weight_decay import WeightDecayDecision
+from tuner.text import first_line
 from tuner.trials import run_grid
 
-NAME = "batch_size"
+if TYPE_CHECKING:
+    from tuner.config import StudyConfig
+    from tuner.context import Context
+
 log = logging.getLogger(__name__)
+BUDGET_ATTR = "budget_s"
+THROUGHPUT_ATTR = "reference_samples_per_s"
+THROUGHPUT_SECONDS = 0.3  # what tuner.budget allows for each throughput measurement
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSizeDecision(Decision):
+    batch_size: int
+    min_lr: float  # the LR range at that size
+    max_lr: float
+    final_epochs: int  # epochs of the final training at that size (equal time)
+    budget_s: float | None = None  # training seconds per candidate (None: no runs)
+
+    def summary(self) -> str:
+        return f"batch size {self.batch_size} (LR {self.min_lr:.3g} – {self.max_lr:.3g})"
 
 
 def planned_steps(budget_s: float, steps_per_s: float) -> int:
@@ -61,46 +74,30 @@ def planned_steps(budget_s: float, steps_per_s: float) -> int:
     return max(1, math.floor(budget_s * steps_per_s))
 
 
-BUDGET_ATTR = "budget_s"
-THROUGHPUT_ATTR = "reference_samples_per_s"
-
-
-def reference_throughput(ctx: Context) -> float:
-    """Training samples per second at ``train.batch_size`` on this device (measured)."""
-    cfg = ctx.config
-    bs = cfg.train.batch_size
-    scratch = ctx.new_model(cfg.train.seed)
-    optimizer = make_sgd(scratch, ctx.decisions["lr_range"]["min_lr"],
-                         ctx.decisions["momentum"]["max_momentum"],
-                         ctx.decisions["weight_decay"]["weight_decay"])
-    return bs * measure_throughput(scratch, optimizer, ctx.splits.train, bs,
-                                   generator=ctx.generator(cfg.train.seed))
-
-
-def final_training_seconds(ctx: Context, samples_per_s: float) -> float:
+def final_training_seconds(cfg: StudyConfig, n_train: int, samples_per_s: float) -> float:
     """Training seconds of ``final.epochs`` epochs at ``train.batch_size``."""
-    bs = ctx.config.train.batch_size
-    steps = ctx.config.final.epochs * epoch_steps(len(ctx.splits.train), bs)
-    return steps * bs / samples_per_s
+    bs = cfg.train.batch_size
+    return cfg.final.epochs * epoch_steps(n_train, bs) * bs / samples_per_s
 
 
 def resolve_budget(ctx: Context, study: optuna.Study) -> tuple[float, float]:
     """The budget per size (configured, or the measured time of a final training) and the
     reference size's throughput, measured on first use and stored, so that every worker (and a
     resumed run) compares sizes at the same time."""
+    cfg = ctx.config
     with storage_lock(ctx.storage, f"{study.study_name}/budget"):
         throughput = study.user_attrs.get(THROUGHPUT_ATTR)
         if throughput is None:
-            throughput = reference_throughput(ctx)
+            throughput = cfg.train.batch_size * ctx.steps_per_second(reference_hparams(ctx))
             study.set_user_attr(THROUGHPUT_ATTR, throughput)
-        if ctx.config.batch_size.budget_s > 0:
-            return ctx.config.batch_size.budget_s, float(throughput)
+        if cfg.batch_size.budget_s > 0:
+            return cfg.batch_size.budget_s, float(throughput)
         budget = study.user_attrs.get(BUDGET_ATTR)
         if budget is None:
-            budget = final_training_seconds(ctx, throughput)
+            budget = final_training_seconds(cfg, len(ctx.splits.train), throughput)
             study.set_user_attr(BUDGET_ATTR, budget)
             log.info("budget per batch size: %.2f s, the measured training time of %d epochs at "
-                     "batch size %d", budget, ctx.config.final.epochs, ctx.config.train.batch_size)
+                     "batch size %d", budget, cfg.final.epochs, cfg.train.batch_size)
     return float(budget), float(throughput)
 
 
@@ -143,95 +140,139 @@ def keep_reference(choice: GridChoice, trials: Sequence[FrozenTrial], reference:
                                  f"{ref.value:.4g} ({choice.why})")
 
 
-def pruner(ctx: Context) -> optuna.pruners.BasePruner:
-    return ctx.pruner(reports=ctx.config.batch_size.reports)
+def candidates(cfg: StudyConfig, n_train: int) -> list[int]:
+    """The configured sizes that fit in the training split."""
+    return [b for b in cfg.batch_size.values if b <= n_train]
 
 
-def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
+def reuses_stage1(cfg: StudyConfig, batch_size: int) -> bool:
+    """Whether ``batch_size``'s range test would be stage 1's (same size and length)."""
+    return (batch_size == cfg.train.batch_size
+            and cfg.batch_size.range_test_iters == cfg.lr_range.num_iters)
+
+
+def reference_hparams(ctx: Context, batch_size: int | None = None,
+                      found: LRRange | None = None) -> HParams:
+    """Stage 1's range (or ``found``), stages 2-3's momentum and weight decay."""
+    lr = found or ctx.decision(RangeDecision)
+    mom = ctx.decision(MomentumDecision)
+    return HParams(lr.min_lr, lr.max_lr, mom.max_momentum, mom.min_momentum,
+                   ctx.decision(WeightDecayDecision).weight_decay,
+                   batch_size or ctx.config.train.batch_size)
+
+
+def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
+    """Seconds of this stage: per size a range test (unless stage 1's is reused), two
+    throughput measurements, the equal-time run and its evaluations."""
+    b = cfg.batch_size
+    sizes_run = candidates(cfg, sizes.n_train)
+    if sizes_run == [cfg.train.batch_size]:
+        return 0.0  # the reference size alone: decided without runs
+    if b.budget_s > 0:
+        budget = b.budget_s
+    else:
+        bs = cfg.train.batch_size
+        budget = cfg.final.epochs * epoch_steps(sizes.n_train, bs) * speed.step_s[bs]
+    per_size = budget + b.reports * sizes.n_val * speed.eval_sample_s + 2 * THROUGHPUT_SECONDS
+    return sum(per_size + (0.0 if reuses_stage1(cfg, bs) else
+                           range_test_seconds(cfg, speed, bs, b.range_test_iters))
+               for bs in sizes_run)
+
+
+def size_range(ctx: Context, trial: Trial, bs: int) -> LRRange:
+    """The LR range of batch size ``bs``: stage 1's where its test would be the same, else its
+    own short range test (capped by linear scaling above the reference)."""
     cfg = ctx.config
-    bcfg = cfg.batch_size
-    mom = ctx.decisions["momentum"]
-    wd = ctx.decisions["weight_decay"]["weight_decay"]
-    train, val = ctx.splits.train, ctx.splits.val
-    stage1 = ctx.decisions["lr_range"]
-    sizes = [b for b in bcfg.values if b <= len(train)]
-    if len(sizes) < len(bcfg.values):
+    stage1 = ctx.decision(RangeDecision)
+    if bs == stage1.batch_size and reuses_stage1(cfg, bs):
+        return LRRange(stage1.min_lr, stage1.max_lr, "stage 1's range")
+    curve = ctx.range_tests(trial, bs, num_iters=cfg.batch_size.range_test_iters,
+                            prefix="range_")
+    try:
+        found = decide_range(curve.val_lrs, curve.val_losses, cfg.lr_range.min_lr_div)
+    except NoUsableMinimum as exc:
+        trial.set_user_attr("no_range", str(exc))
+        raise optuna.TrialPruned(f"batch size {bs}: no LR range: {exc}") from None
+    if cfg.batch_size.lr_cap == "linear":
+        trial.set_user_attr("range_test_max_lr", found.max_lr)
+        found = cap_range(found, bs, cfg.train.batch_size, stage1.max_lr,
+                          cfg.lr_range.min_lr_div)
+    return found
+
+
+def measure(ctx: Context, trial: Trial, sizes: list[int], budget_s: float) -> float:
+    """One candidate: its range, its throughput, a 1cycle run sized to ``budget_s``."""
+    bcfg = ctx.config.batch_size
+    bs = trial.suggest_categorical("batch_size", sizes)
+    found = size_range(ctx, trial, bs)
+    trial.set_user_attr("min_lr", found.min_lr)
+    trial.set_user_attr("max_lr", found.max_lr)
+    trial.set_user_attr("lr_why", found.why)
+    hp = reference_hparams(ctx, bs, found)
+    steps_per_s = ctx.steps_per_second(hp)
+    steps = planned_steps(budget_s, steps_per_s)
+    n_train = len(ctx.splits.train)
+    trial.set_user_attr("steps_per_second", steps_per_s)
+    trial.set_user_attr("planned_steps", steps)
+    trial.set_user_attr("epochs", steps * bs / n_train)
+    last = ctx.one_cycle_run(trial, hp, total_steps=steps,
+                             eval_every=max(1, math.ceil(steps / bcfg.reports)),
+                             seed=ctx.config.train.seed).last
+    trial.set_user_attr("train_seconds", last["seconds"])
+    log.info("batch size %d: LR %.3g-%.3g, %d steps (%.1f epochs) in %.1f s: val loss %.4f, "
+             "accuracy %.1f%%", bs, found.min_lr, found.max_lr, steps, steps * bs / n_train,
+             last["seconds"], last["val_loss"], 100 * last["val_accuracy"])
+    return last["val_loss"]
+
+
+def run(ctx: Context, study: optuna.Study) -> BatchSizeDecision:
+    cfg = ctx.config
+    sizes = candidates(cfg, len(ctx.splits.train))
+    if len(sizes) < len(cfg.batch_size.values):
         log.warning("batch sizes %s exceed the %d training samples and are skipped",
-                    [b for b in bcfg.values if b > len(train)], len(train))
+                    [b for b in cfg.batch_size.values if b not in sizes], len(ctx.splits.train))
+    stage1 = ctx.decision(RangeDecision)
     if sizes == [cfg.train.batch_size]:  # nothing to compare: no runs
-        return {"batch_size": sizes[0], "min_lr": stage1["min_lr"], "max_lr": stage1["max_lr"],
-                "final_epochs": cfg.final.epochs,
-                "why": f"the only candidate is the reference size {sizes[0]} (batch_size.values "
-                       f"= {list(bcfg.values)}): stage 1's LR range, no runs"}
+        return BatchSizeDecision(
+            batch_size=sizes[0], min_lr=stage1.min_lr, max_lr=stage1.max_lr,
+            final_epochs=cfg.final.epochs,
+            why=f"the only candidate is the reference size {sizes[0]} (batch_size.values = "
+                f"{list(cfg.batch_size.values)}): stage 1's LR range, no runs")
     budget_s, reference_rate = resolve_budget(ctx, study)
 
     def objective(trial: Trial) -> float:
         try:
-            return measure(trial)
+            return measure(ctx, trial, sizes, budget_s)
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            if not ctx.is_out_of_memory(exc):
                 raise
-            error = str(exc).strip().splitlines()[0]
+            error = first_line(exc)
         # Outside the except block the failed step's tensors are garbage: free them now.
         gc.collect()
-        release_memory(ctx.device)
-        bs = trial.params["batch_size"]
-        message = f"batch size {bs} does not fit in memory on {ctx.device} ({error})"
+        ctx.release_memory()
+        message = (f"batch size {trial.params['batch_size']} does not fit in memory on "
+                   f"{ctx.device} ({error})")
         trial.set_user_attr("infeasible", message)
         log.warning("%s: infeasible, skipped", message)
         raise optuna.TrialPruned(message)
 
-    def measure(trial: Trial) -> float:
-        bs = trial.suggest_categorical("batch_size", sizes)
-        if bs == stage1.get("batch_size") and bcfg.range_test_iters == cfg.lr_range.num_iters:
-            # The same test stage 1 ran (same size, seeds and length): reuse its range.
-            found = LRRange(stage1["min_lr"], stage1["max_lr"], "stage 1's range")
-        else:
-            curve = run_range_test(ctx, trial, bs, num_iters=bcfg.range_test_iters,
-                                   prefix="range_")
-            try:
-                found = decide_range(curve.val_lrs, curve.val_losses, cfg.lr_range.min_lr_div)
-            except NoUsableMinimum as exc:
-                trial.set_user_attr("no_range", str(exc))
-                raise optuna.TrialPruned(f"batch size {bs}: no LR range: {exc}") from None
-            if bcfg.lr_cap == "linear":
-                trial.set_user_attr("range_test_max_lr", found.max_lr)
-                found = cap_range(found, bs, cfg.train.batch_size, stage1["max_lr"],
-                                  cfg.lr_range.min_lr_div)
-        trial.set_user_attr("min_lr", found.min_lr)
-        trial.set_user_attr("max_lr", found.max_lr)
-        trial.set_user_attr("lr_why", found.why)
-
-        scratch = ctx.new_model(cfg.train.seed)
-        steps_per_s = measure_throughput(
-            scratch, make_sgd(scratch, found.min_lr, mom["max_momentum"], wd), train, bs,
-            generator=ctx.generator(cfg.train.seed))
-        steps = planned_steps(budget_s, steps_per_s)
-        trial.set_user_attr("steps_per_second", steps_per_s)
-        trial.set_user_attr("planned_steps", steps)
-        trial.set_user_attr("epochs", steps * bs / len(train))
-
-        hp = HParams(found.min_lr, found.max_lr, mom["max_momentum"], mom["min_momentum"], wd, bs)
-        last = one_cycle_run(ctx, trial, hp, total_steps=steps,
-                             eval_every=max(1, math.ceil(steps / bcfg.reports)),
-                             seed=cfg.train.seed, train=train, val=val).last
-        trial.set_user_attr("train_seconds", last["seconds"])
-        log.info("batch size %d: LR %.3g-%.3g, %d steps (%.1f epochs) in %.1f s: val loss %.4f, "
-                 "accuracy %.1f%%", bs, found.min_lr, found.max_lr, steps, steps * bs / len(train),
-                 last["seconds"], last["val_loss"], 100 * last["val_accuracy"])
-        return last["val_loss"]
-
     trials = run_grid(study, [{"batch_size": b} for b in sizes], objective)
     choice = keep_reference(decide_grid(trials, "batch_size", "batch size"), trials,
-                            cfg.train.batch_size, bcfg.margin)
+                            cfg.train.batch_size, cfg.batch_size.margin)
     best = next(t for t in trials if t.params["batch_size"] == choice.value
                 and "max_lr" in t.user_attrs)
     rate = best.user_attrs["steps_per_second"] * choice.value
     final_epochs = (cfg.final.epochs if choice.value == cfg.train.batch_size
                     else equal_time_epochs(cfg.final.epochs, rate, reference_rate))
-    return {"batch_size": choice.value, "min_lr": best.user_attrs["min_lr"],
-            "max_lr": best.user_attrs["max_lr"], "budget_s": budget_s,
-            "final_epochs": final_epochs,
-            "why": f"{choice.why}, each with {budget_s:.3g} s of training; {final_epochs} "
-                   f"epochs of batch size {choice.value} take as long as {cfg.final.epochs} "
-                   f"of batch size {cfg.train.batch_size}"}
+    return BatchSizeDecision(
+        batch_size=choice.value, min_lr=best.user_attrs["min_lr"],
+        max_lr=best.user_attrs["max_lr"], budget_s=budget_s, final_epochs=final_epochs,
+        why=f"{choice.why}, each with {budget_s:.3g} s of training; {final_epochs} epochs of "
+            f"batch size {choice.value} take as long as {cfg.final.epochs} of batch size "
+            f"{cfg.train.batch_size}")
+
+
+STAGE = Stage(name="batch_size", title="Batch size at equal wall-clock time",
+              decision=BatchSizeDecision, run=run,
+              reports=lambda ctx: ctx.config.batch_size.reports, cost=cost,
+              param="batch_size", param_label="batch size")

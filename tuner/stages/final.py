@@ -3,31 +3,46 @@ seed, each scored once on the test split.
 
 Without a test split (``npz:`` data without a test file, ``tuner.tune`` without ``test_set``)
 the final training uses the training split only and is scored on the validation split: the
-decision then holds ``val_accuracy`` and ``val_loss`` instead of ``test_*``."""
+decision's ``scored_on`` is then ``"val"`` instead of ``"test"``."""
 
 from __future__ import annotations
 
 import logging
 import statistics
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-import optuna
 from optuna.trial import Trial, TrialState
 
-from tuner.data import concat
-from tuner.stages.common import Context, HParams, epoch_steps, one_cycle_run
-from tuner.train import evaluate
+from tuner.stages.base import Decision, HParams, Stage
+from tuner.stages.batch_size import BatchSizeDecision
+from tuner.stages.refine import RefineDecision
+from tuner.text import split_name
 from tuner.trials import run_grid
 
-NAME = "final"
-DIRECTION = "maximize"  # the value of a final trial is its test accuracy
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.context import Context
+
 log = logging.getLogger(__name__)
 
 
-def hparams(ctx: Context) -> HParams:
-    d = ctx.decisions["refine"]  # every chosen value, refined or passed through
-    return HParams(d["min_lr"], d["max_lr"], d["max_momentum"], d["min_momentum"],
-                   d["weight_decay"], d["batch_size"])
+@dataclass(frozen=True, kw_only=True)
+class FinalDecision(Decision):
+    values: HParams  # what the final training ran with
+    epochs: int
+    scored_on: Literal["test", "val"]  # "val": the data had no test split
+    accuracy: float  # on that split, mean over the seeds
+    accuracy_sd: float
+    loss: float
+    accuracies: list[float]
+    seeds: list[int]
+
+    def summary(self) -> str:
+        name = split_name(self.scored_on)
+        return (f"{name} accuracy {100 * self.accuracy:.2f}% ± {100 * self.accuracy_sd:.2f} "
+                f"over {len(self.seeds)} seed(s), {name} loss {self.loss:.4f}")
 
 
 def epochs(ctx: Context) -> int:
@@ -36,49 +51,39 @@ def epochs(ctx: Context) -> int:
     cfg = ctx.config
     if cfg.final.length == "epochs":
         return cfg.final.epochs
-    return int(ctx.decisions["batch_size"].get("final_epochs", cfg.final.epochs))
+    return ctx.decision(BatchSizeDecision).final_epochs
 
 
-def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
+def run(ctx: Context, study: optuna.Study) -> FinalDecision:
     cfg = ctx.config
-    hp = hparams(ctx)
+    hp = ctx.decision(RefineDecision).values
     n_epochs = epochs(ctx)
-    if ctx.splits.test is not None:
-        train, scored, split = concat(ctx.splits.train, ctx.splits.val), ctx.splits.test, "test"
-    else:
-        train, scored, split = ctx.splits.train, ctx.splits.val, "val"
-    per_epoch = epoch_steps(len(train), hp.batch_size)
 
     def objective(trial: Trial) -> float:
         seed = trial.suggest_categorical("seed", list(cfg.final.seeds))
-        result = one_cycle_run(ctx, trial, hp, total_steps=n_epochs * per_epoch,
-                               eval_every=per_epoch, seed=seed, train=train, val=None,
-                               prune=False)
-        last = result.last
-        score = evaluate(result.model, scored, cfg.train.eval_batch_size)
-        trial.set_user_attr(f"{split}_loss", score.loss)
-        trial.set_user_attr(f"{split}_accuracy", score.accuracy)
-        trial.set_user_attr("train_seconds", last["seconds"])
+        score = ctx.final_run(trial, hp, epochs=n_epochs, seed=seed)
+        ev = score.evaluation
+        trial.set_user_attr(f"{score.split}_loss", ev.loss)
+        trial.set_user_attr(f"{score.split}_accuracy", ev.accuracy)
+        trial.set_user_attr("scored_on", score.split)
+        trial.set_user_attr("train_seconds", score.seconds)
         log.info("final training, seed %d: %d epochs in %.1f s, %s accuracy %.2f%%, loss %.4f",
-                 seed, n_epochs, last["seconds"], split, 100 * score.accuracy,
-                 score.loss)
-        return score.accuracy
+                 seed, n_epochs, score.seconds, score.split, 100 * ev.accuracy, ev.loss)
+        return ev.accuracy
 
     trials = run_grid(study, [{"seed": s} for s in cfg.final.seeds], objective)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
+    split = done[0].user_attrs["scored_on"]
     accs = [t.user_attrs[f"{split}_accuracy"] for t in done]
-    losses = [t.user_attrs[f"{split}_loss"] for t in done]
     trained_on = "train + validation" if split == "test" else "train (no test split)"
-    scored_name = "test" if split == "test" else "validation"
-    return {
-        f"{split}_accuracy": statistics.fmean(accs),
-        f"{split}_accuracy_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        f"{split}_loss": statistics.fmean(losses),
-        "scored_on": split,
-        "seeds": [t.params["seed"] for t in done],
-        f"{split}_accuracies": accs,
-        "epochs": n_epochs,
-        **hp.__dict__,
-        "why": f"1cycle for {n_epochs} epochs on {trained_on}, "
-               f"{len(done)} seed(s), scored once on the {scored_name} split",
-    }
+    return FinalDecision(
+        values=hp, epochs=n_epochs, scored_on=split, accuracy=statistics.fmean(accs),
+        accuracy_sd=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        loss=statistics.fmean(t.user_attrs[f"{split}_loss"] for t in done),
+        accuracies=accs, seeds=[t.params["seed"] for t in done],
+        why=f"1cycle for {n_epochs} epochs on {trained_on}, {len(done)} seed(s), scored once on "
+            f"the {split_name(split)} split")
+
+
+STAGE = Stage(name="final", title="Final 1cycle training", decision=FinalDecision, run=run,
+              direction="maximize", metric="final accuracy")

@@ -4,56 +4,57 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import optuna
 from optuna.trial import Trial
 
-from tuner.lr_range import RangeCurve, decide_range, mean_curve, range_test, suggestions
-from tuner.stages.common import Context
-from tuner.train import make_sgd
+from tuner.lr_range import RangeCurve, decide_range
+from tuner.stages.base import Decision, Speed, Stage
 from tuner.trials import run_grid
 
-NAME = "lr_range"
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.config import StudyConfig
+    from tuner.context import Context
+
 log = logging.getLogger(__name__)
+SUGGESTION_NAMES = {"valley": "valley", "minimum": "minimum / 10", "steepest": "steepest"}
 
 
-def run_range_test(ctx: Context, trial: Trial, batch_size: int, num_iters: int | None = None,
-                   prefix: str = "") -> RangeCurve:
-    """``lr_range.repeats`` range tests from different seeds, validation curves averaged.
+@dataclass(frozen=True, kw_only=True)
+class RangeDecision(Decision):
+    min_lr: float
+    max_lr: float
+    batch_size: int  # the size the test ran at (train.batch_size)
+    stop_reason: str = ""
+    suggestions: dict[str, float] = field(default_factory=dict)  # fastai's, for comparison
 
-    The mean curve and its suggestions go into the trial's user attrs (``{prefix}curve``), each
-    test's validation losses beside it (``{prefix}val_losses_each``); without a prefix the mean
-    validation loss is also reported as the trial's intermediate values, by step.
-    """
-    cfg = ctx.config
-    curves = []
-    for repeat in range(cfg.lr_range.repeats):
-        seed = cfg.train.seed + repeat
-        model = ctx.new_model(seed)
-        optimizer = make_sgd(model, cfg.lr_range.start_lr, cfg.lr_range.momentum,
-                             cfg.lr_range.weight_decay, cfg.train.nesterov)
-        curves.append(range_test(model, optimizer, ctx.splits.train, ctx.splits.val,
-                                 cfg.lr_range, batch_size, num_iters=num_iters,
-                                 eval_batch_size=cfg.train.eval_batch_size,
-                                 generator=ctx.generator(seed)))
-    curve = mean_curve(curves)
-    if not prefix:
-        for step, loss in zip(curve.val_steps, curve.val_losses, strict=True):
-            if math.isfinite(loss):
-                trial.report(loss, step)
-    trial.set_user_attr(f"{prefix}curve", curve.to_dict())
-    trial.set_user_attr(f"{prefix}val_losses_each", [c.val_losses for c in curves])
-    trial.set_user_attr(f"{prefix}suggestions",
-                        suggestions(curve.lrs, curve.train_losses, cfg.lr_range.smooth)._asdict())
-    return curve
+    def summary(self) -> str:
+        return f"LR {self.min_lr:.3g} – {self.max_lr:.3g}"
+
+    def details(self) -> str:
+        """What the dashboard note adds: where the test stopped, fastai's suggestions."""
+        rules = ", ".join(f"{SUGGESTION_NAMES.get(k, k)} {v:.3g}"
+                          for k, v in self.suggestions.items())
+        return (f"Range test stopped: {self.stop_reason or '?'}. fastai's suggestions on the "
+                f"training loss (for comparison): {rules}.")
 
 
-def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
+def range_test_seconds(cfg: StudyConfig, speed: Speed, batch_size: int, iters: int) -> float:
+    """Seconds of ``lr_range.repeats`` range tests of ``iters`` steps (if none diverges)."""
+    r = cfg.lr_range
+    evals = iters // r.eval_every * r.val_subset
+    return r.repeats * (iters * speed.step_s[batch_size] + evals * speed.eval_sample_s)
+
+
+def run(ctx: Context, study: optuna.Study) -> RangeDecision:
     cfg = ctx.config.lr_range
+    bs = ctx.config.train.batch_size
 
     def objective(trial: Trial) -> float:
-        curve = run_range_test(ctx, trial, ctx.config.train.batch_size)
+        curve = ctx.range_tests(trial, bs)
         log.info("range test (mean of %d): %d steps, LR %.3g -> %.3g, stopped: %s",
                  cfg.repeats, len(curve.lrs),
                  cfg.start_lr, curve.lrs[-1] if curve.lrs else cfg.start_lr, curve.stop_reason)
@@ -63,6 +64,14 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
     (trial,) = run_grid(study, [{}], objective)
     curve = RangeCurve.from_dict(trial.user_attrs["curve"])
     found = decide_range(curve.val_lrs, curve.val_losses, cfg.min_lr_div)
-    return {"min_lr": found.min_lr, "max_lr": found.max_lr, "why": found.why,
-            "suggestions": trial.user_attrs["suggestions"], "stop_reason": curve.stop_reason,
-            "batch_size": ctx.config.train.batch_size}
+    return RangeDecision(min_lr=found.min_lr, max_lr=found.max_lr, why=found.why,
+                         suggestions={k: v for k, v in trial.user_attrs["suggestions"].items()
+                                      if math.isfinite(v)},
+                         stop_reason=curve.stop_reason, batch_size=bs)
+
+
+STAGE = Stage(
+    name="lr_range", title="LR range test", decision=RangeDecision, run=run,
+    metric="lowest validation loss",
+    cost=lambda cfg, speed, sizes: range_test_seconds(cfg, speed, cfg.train.batch_size,
+                                                      cfg.lr_range.num_iters))

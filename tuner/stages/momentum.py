@@ -3,41 +3,35 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import optuna
-from optuna.trial import Trial
+from tuner.stages.base import Decision, HParams
+from tuner.stages.grid import grid_stage
+from tuner.stages.lr_range import RangeDecision
 
-from tuner.stages.common import Context, HParams, decide_grid, epoch_steps, percent, repeated_run
-from tuner.trials import run_grid
-
-NAME = "momentum"
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from tuner.context import Context
 
 
-def pruner(ctx: Context) -> optuna.pruners.BasePruner:
-    return ctx.pruner(reports=ctx.config.momentum.epochs)
+@dataclass(frozen=True, kw_only=True)
+class MomentumDecision(Decision):
+    max_momentum: float
+    min_momentum: float
+
+    def summary(self) -> str:
+        return f"max momentum {self.max_momentum:g} (cycling down to {self.min_momentum:g})"
 
 
-def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
-    cfg = ctx.config
-    lr = ctx.decisions["lr_range"]
-    bs = cfg.train.batch_size
-    epoch_steps(len(ctx.splits.train), bs)  # a clear error before any trial is stored
+def hparams(ctx: Context, max_momentum: float) -> HParams:
+    """Stage 1's LR range, weight decay held at ``momentum.weight_decay``."""
+    cfg, lr = ctx.config, ctx.decision(RangeDecision)
+    return HParams(lr.min_lr, lr.max_lr, max_momentum, cfg.momentum.min_momentum,
+                   cfg.momentum.weight_decay, cfg.train.batch_size)
 
-    def objective(trial: Trial) -> float:
-        mom = trial.suggest_categorical("max_momentum", list(cfg.momentum.values))
-        hp = HParams(lr["min_lr"], lr["max_lr"], mom, cfg.momentum.min_momentum,
-                     cfg.momentum.weight_decay, bs)
-        loss = repeated_run(ctx, trial, hp, repeats=cfg.momentum.repeats,
-                            epochs=cfg.momentum.epochs)
-        log.info("momentum %.2f -> %.2f: val loss %.4f (mean of %d), accuracy %s", mom,
-                 cfg.momentum.min_momentum, loss, cfg.momentum.repeats,
-                 percent(trial.user_attrs["val_accuracies"]))
-        return loss
 
-    trials = run_grid(study, [{"max_momentum": v} for v in cfg.momentum.values], objective)
-    choice = decide_grid(trials, "max_momentum", "max momentum")
-    return {"max_momentum": choice.value, "min_momentum": cfg.momentum.min_momentum,
-            "why": choice.why}
+STAGE = grid_stage(
+    name="momentum", title="Cyclical momentum", param="max_momentum", label="max momentum",
+    decision=MomentumDecision, settings=lambda cfg: cfg.momentum, hparams=hparams,
+    decide=lambda cfg, value, why: MomentumDecision(
+        max_momentum=value, min_momentum=cfg.momentum.min_momentum, why=why))

@@ -21,26 +21,46 @@ if its mean final validation loss over the two seeds is lower.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tuner.locks import storage_lock
-from tuner.stages.batch_size import linear_cap
-from tuner.stages.common import Context, HParams, epoch_steps, one_cycle_run, scored
+from tuner.stages.base import Decision, HParams, Stage
+from tuner.stages.batch_size import BatchSizeDecision, linear_cap
+from tuner.stages.grid import scored
+from tuner.stages.lr_range import RangeDecision
+from tuner.stages.momentum import MomentumDecision
+from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.trials import claim, new_trial, reap_orphans, run_grid, run_trial, trial_params
 
-NAME = "refine"
-TUNING_STAGES = ("lr_range", "momentum", "weight_decay", "batch_size")
+if TYPE_CHECKING:
+    from tuner.context import Context
+
 REPEAT_ATTR = "repeat"  # user attr of a confirmation rerun: the seed offset
 CONFIRMATION = {REPEAT_ATTR: 1}
 CONFIRM_RUNS = 2  # the winner's and the staged values' reruns
+TUNING = (RangeDecision, MomentumDecision, WeightDecayDecision, BatchSizeDecision)
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefineDecision(Decision):
+    values: HParams  # every chosen value, refined or passed through
+    staged: HParams  # what stages 1-4 chose
+    trials: int = 0
+
+    def summary(self) -> str:
+        v = self.values
+        return (f"LR {v.min_lr:.3g} – {v.max_lr:.3g}, max momentum {v.max_momentum:g}, "
+                f"weight decay {v.weight_decay:g}, batch size {v.batch_size}")
 
 
 class Box(NamedTuple):
@@ -59,37 +79,34 @@ def neighbours(values: Sequence[float], chosen: float) -> list[float]:
     return grid[max(0, i - 1):i + 2]
 
 
-def staged(ctx: Context) -> dict[str, Any]:
+def staged(ctx: Context) -> HParams:
     """The values stages 1-4 chose (the batch-size stage's LR range for the chosen size)."""
-    d = ctx.decisions
-    return {"min_lr": d["batch_size"]["min_lr"], "max_lr": d["batch_size"]["max_lr"],
-            "max_momentum": d["momentum"]["max_momentum"],
-            "min_momentum": d["momentum"]["min_momentum"],
-            "weight_decay": d["weight_decay"]["weight_decay"],
-            "batch_size": d["batch_size"]["batch_size"]}
+    size, mom = ctx.decision(BatchSizeDecision), ctx.decision(MomentumDecision)
+    return HParams(size.min_lr, size.max_lr, mom.max_momentum, mom.min_momentum,
+                   ctx.decision(WeightDecayDecision).weight_decay, size.batch_size)
 
 
-def box(ctx: Context, base: dict[str, Any]) -> Box:
+def box(ctx: Context, base: HParams) -> Box:
     """Max LR within ``lr_factor`` of the staged one (for a batch larger than the reference, no
     higher than the batch-size stage's linear-scaling cap), momentum and weight decay among the
     staged values and their grid neighbours."""
     cfg = ctx.config
     f = cfg.refine.lr_factor
-    high = base["max_lr"] * f
-    bs, ref = base["batch_size"], cfg.train.batch_size
+    high = base.max_lr * f
+    bs, ref = base.batch_size, cfg.train.batch_size
     if cfg.batch_size.lr_cap == "linear" and bs > ref:
-        cap = linear_cap(ctx.decisions["lr_range"]["max_lr"], bs, ref)
-        high = min(high, max(base["max_lr"], cap))
-    return Box(base["max_lr"] / f, high,
-               neighbours(cfg.momentum.values, base["max_momentum"]),
-               neighbours(cfg.weight_decay.values, base["weight_decay"]))
+        cap = linear_cap(ctx.decision(RangeDecision).max_lr, bs, ref)
+        high = min(high, max(base.max_lr, cap))
+    return Box(base.max_lr / f, high,
+               neighbours(cfg.momentum.values, base.max_momentum),
+               neighbours(cfg.weight_decay.values, base.weight_decay))
 
 
 def run_epochs(ctx: Context) -> int:
     """Epochs of one refinement run: the short runs' ``momentum.epochs`` at the reference size;
     at another size (with ``final.length = "time"``), the epochs that take as long."""
     cfg = ctx.config
-    final_epochs = ctx.decisions.get("batch_size", {}).get("final_epochs", cfg.final.epochs)
+    final_epochs = ctx.decision(BatchSizeDecision).final_epochs
     if cfg.final.length != "time" or final_epochs == cfg.final.epochs:
         return cfg.momentum.epochs
     return max(1, round(cfg.momentum.epochs * final_epochs / cfg.final.epochs))
@@ -101,48 +118,65 @@ def seconds_spent(trials: Sequence[FrozenTrial]) -> float:
                if t.datetime_complete is not None and t.datetime_start is not None)
 
 
-def pruner(ctx: Context) -> optuna.pruners.BasePruner:
-    return ctx.pruner(reports=run_epochs(ctx))
+def tuning_seconds(ctx: Context) -> float:
+    """Seconds stages 1-4 took."""
+    return sum(ctx.decision(kind).seconds for kind in TUNING)
 
 
-def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
+def run(ctx: Context, study: optuna.Study) -> RefineDecision:
     cfg = ctx.config
     base = staged(ctx)
-    before = sum(ctx.decisions[s]["seconds"] for s in TUNING_STAGES)
+    before = tuning_seconds(ctx)
     if cfg.refine.total_s <= 0:
-        return {**base, "why": "no refinement (refine.total_s = 0): the staged values"}
+        return RefineDecision(values=base, staged=base,
+                              why="no refinement (refine.total_s = 0): the staged values")
     if before >= cfg.refine.total_s:
-        return {**base, "why": f"no refinement: stages 1-4 took {before:.0f} s of "
-                               f"refine.total_s = {cfg.refine.total_s:g} s: the staged values"}
-    search = box(ctx, base)
-    bs = base["batch_size"]
-    per_epoch = epoch_steps(len(ctx.splits.train), bs)
-    epochs = run_epochs(ctx)
+        return RefineDecision(values=base, staged=base,
+                              why=f"no refinement: stages 1-4 took {before:.0f} s of "
+                                  f"refine.total_s = {cfg.refine.total_s:g} s: the staged values")
+    objective = make_objective(ctx, base, box(ctx, base))
     # Seeded for a reproducible run; a worker that joins later (or a resumption) starts from
     # another seed, so that two workers do not sample the same points.
     study.sampler = optuna.samplers.TPESampler(
         seed=cfg.train.seed + len(study.get_trials(deepcopy=False)))
+    with storage_lock(ctx.storage, study.study_name):
+        reap_orphans(study)
+        if not study.get_trials(deepcopy=False):
+            study.enqueue_trial({"max_lr": base.max_lr, "max_momentum": base.max_momentum,
+                                 "weight_decay": base.weight_decay})
+    search(ctx, study, objective, before)
+    contest = contenders(study.get_trials(deepcopy=False))
+    if contest is not None:  # a trial beat the staged values: rerun both from the next seed
+        run_grid(study, [trial_params(t) for t in contest], objective, tag=CONFIRMATION)
+    trials = study.get_trials(deepcopy=False)
+    return decide(trials, base, cfg.lr_range.min_lr_div, seconds_spent(trials))
+
+
+def make_objective(ctx: Context, base: HParams, space: Box):  # noqa: ANN201 -- an Objective
+    cfg = ctx.config
+    epochs, per_epoch = run_epochs(ctx), ctx.epoch_steps(base.batch_size)
 
     def objective(trial: Trial) -> float:
-        max_lr = trial.suggest_float("max_lr", search.lr_low, search.lr_high, log=True)
-        mom = trial.suggest_categorical("max_momentum", search.momenta)
-        wd = trial.suggest_categorical("weight_decay", search.decays)
+        max_lr = trial.suggest_float("max_lr", space.lr_low, space.lr_high, log=True)
+        mom = trial.suggest_categorical("max_momentum", space.momenta)
+        wd = trial.suggest_categorical("weight_decay", space.decays)
         repeat = int(trial.user_attrs.get(REPEAT_ATTR, 0))
-        hp = HParams(max_lr / cfg.lr_range.min_lr_div, max_lr, mom, base["min_momentum"], wd, bs)
-        last = one_cycle_run(ctx, trial, hp, total_steps=epochs * per_epoch,
-                             eval_every=per_epoch, seed=cfg.train.seed + repeat,
-                             train=ctx.splits.train, val=ctx.splits.val,
-                             prune=repeat == 0).last
+        hp = dataclasses.replace(base, min_lr=max_lr / cfg.lr_range.min_lr_div, max_lr=max_lr,
+                                 max_momentum=mom, weight_decay=wd)
+        last = ctx.one_cycle_run(trial, hp, total_steps=epochs * per_epoch,
+                                 eval_every=per_epoch, seed=cfg.train.seed + repeat,
+                                 prune=repeat == 0).last
         log.info("refine%s: LR %.3g, momentum %g, weight decay %g: val loss %.4f, accuracy "
                  "%.1f%%", f" (confirming, seed +{repeat})" if repeat else "", max_lr, mom, wd,
                  last["val_loss"], 100 * last["val_accuracy"])
         return last["val_loss"]
 
-    with storage_lock(ctx.storage, study.study_name):
-        reap_orphans(study)
-        if not study.get_trials(deepcopy=False):
-            study.enqueue_trial({"max_lr": base["max_lr"], "max_momentum": base["max_momentum"],
-                                 "weight_decay": base["weight_decay"]})
+    return objective
+
+
+def search(ctx: Context, study: optuna.Study, objective, before: float) -> None:  # noqa: ANN001
+    """Trials until the budget (or ``max_trials``) is spent; then wait for other workers'."""
+    cfg = ctx.config.refine
     while True:
         finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                             TrialState.PRUNED))
@@ -150,11 +184,11 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         # runs are kept free.
         typical = seconds_spent(finished[:1])
         if finished and (before + seconds_spent(finished) + (1 + CONFIRM_RUNS) * typical
-                         > cfg.refine.total_s):
+                         > cfg.total_s):
             break
         started = search_trials(study.get_trials(deepcopy=False, states=(
             TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
-        if 0 < cfg.refine.max_trials <= len(started):
+        if 0 < cfg.max_trials <= len(started):
             break
         trial = claim(study) or new_trial(study)
         run_trial(study, trial, objective)
@@ -162,11 +196,6 @@ def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
         time.sleep(0.5)  # other workers' last trials belong to the decision too
         with storage_lock(ctx.storage, study.study_name):
             reap_orphans(study)  # ... unless their worker died
-    contest = contenders(study.get_trials(deepcopy=False))
-    if contest is not None:  # a trial beat the staged values: rerun both from the next seed
-        run_grid(study, [trial_params(t) for t in contest], objective, tag=CONFIRMATION)
-    trials = study.get_trials(deepcopy=False)
-    return decide(trials, base, cfg.lr_range.min_lr_div, seconds_spent(trials))
 
 
 def search_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -197,45 +226,48 @@ def rerun_loss(trials: Sequence[FrozenTrial], of: FrozenTrial) -> float | None:
     return None
 
 
-def decide(trials: Sequence[FrozenTrial], base: dict[str, Any], min_lr_div: float,
-           seconds: float) -> dict[str, Any]:
+def decide(trials: Sequence[FrozenTrial], base: HParams, min_lr_div: float,
+           seconds: float) -> RefineDecision:
     """The search trial with the lowest final validation loss, if it also beats the staged
     values on the mean over two seeds (its confirmation); the staged values otherwise."""
     search = search_trials(trials)
     complete = [t for t in search if scored(t)]
     n = len(search)
-    base = {**base, "staged": dict(base)}
+
+    def keep(why: str) -> RefineDecision:
+        return RefineDecision(values=base, staged=base, trials=len(trials), why=why)
+
     if not complete:
-        return {**base, "trials": len(trials),
-                "why": f"every one of {n} refinement trial(s) was pruned or diverged: the "
-                       f"staged values"}
+        return keep(f"every one of {n} refinement trial(s) was pruned or diverged: the staged "
+                    f"values")
     best = min(complete, key=lambda t: (t.value, t.number))
     first = min(search, key=lambda t: t.number)
     if best.number == first.number:
-        return {**base, "trials": len(trials),
-                "why": f"the staged values kept their lowest validation loss {best.value:.4g} "
-                       f"against {n - 1} refinement trial(s) in {seconds:.0f} s"}
+        return keep(f"the staged values kept their lowest validation loss {best.value:.4g} "
+                    f"against {n - 1} refinement trial(s) in {seconds:.0f} s")
     p = best.params
     found = (f"LR {p['max_lr'] / min_lr_div:.3g} – {p['max_lr']:.3g}, momentum "
              f"{p['max_momentum']:g}, weight decay {p['weight_decay']:g}")
     if first.state == TrialState.COMPLETE:  # a win over the staged values must hold twice
         again, staged_again = rerun_loss(trials, best), rerun_loss(trials, first)
         if again is None or staged_again is None:
-            return {**base, "trials": len(trials),
-                    "why": f"{found} beat the staged values from one seed ({best.value:.4g} "
-                           f"against {first.value:.4g}) but was not confirmed from a second: "
-                           f"the staged values"}
+            return keep(f"{found} beat the staged values from one seed ({best.value:.4g} "
+                        f"against {first.value:.4g}) but was not confirmed from a second: the "
+                        f"staged values")
         mean, staged_mean = (best.value + again) / 2, (first.value + staged_again) / 2
         if not mean < staged_mean:
-            return {**base, "trials": len(trials),
-                    "why": f"the staged values kept the lower validation loss over two seeds "
-                           f"({staged_mean:.4g} against {mean:.4g} for {found}, the best of "
-                           f"{n - 1} refinement trial(s) from one seed) in {seconds:.0f} s"}
+            return keep(f"the staged values kept the lower validation loss over two seeds "
+                        f"({staged_mean:.4g} against {mean:.4g} for {found}, the best of "
+                        f"{n - 1} refinement trial(s) from one seed) in {seconds:.0f} s")
         versus = f"{mean:.4g} over two seeds against the staged values' {staged_mean:.4g}"
     else:
         versus = f"{best.value:.4g} (staged values: pruned or diverged)"
-    return {**base, "min_lr": p["max_lr"] / min_lr_div, "max_lr": p["max_lr"],
-            "max_momentum": p["max_momentum"], "weight_decay": p["weight_decay"],
-            "trials": len(trials),
-            "why": f"{found} gave validation loss {versus}, best of {n} trials in "
-                   f"{seconds:.0f} s"}
+    values = dataclasses.replace(base, min_lr=p["max_lr"] / min_lr_div, max_lr=p["max_lr"],
+                                 max_momentum=p["max_momentum"], weight_decay=p["weight_decay"])
+    return RefineDecision(values=values, staged=base, trials=len(trials),
+                          why=f"{found} gave validation loss {versus}, best of {n} trials in "
+                              f"{seconds:.0f} s")
+
+
+STAGE = Stage(name="refine", title="Refinement around the staged values",
+              decision=RefineDecision, run=run, reports=run_epochs)

@@ -2,38 +2,34 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import optuna
-from optuna.trial import Trial
+from tuner.stages.base import Decision, HParams
+from tuner.stages.grid import grid_stage
+from tuner.stages.lr_range import RangeDecision
+from tuner.stages.momentum import MomentumDecision
 
-from tuner.stages.common import Context, HParams, decide_grid, epoch_steps, percent, repeated_run
-from tuner.trials import run_grid
-
-NAME = "weight_decay"
-log = logging.getLogger(__name__)
-
-
-def pruner(ctx: Context) -> optuna.pruners.BasePruner:
-    return ctx.pruner(reports=ctx.config.weight_decay.epochs)
+if TYPE_CHECKING:
+    from tuner.context import Context
 
 
-def run(ctx: Context, study: optuna.Study) -> dict[str, Any]:
-    cfg = ctx.config
-    lr, mom = ctx.decisions["lr_range"], ctx.decisions["momentum"]
-    bs = cfg.train.batch_size
-    epoch_steps(len(ctx.splits.train), bs)  # a clear error before any trial is stored
+@dataclass(frozen=True, kw_only=True)
+class WeightDecayDecision(Decision):
+    weight_decay: float
 
-    def objective(trial: Trial) -> float:
-        wd = trial.suggest_categorical("weight_decay", list(cfg.weight_decay.values))
-        hp = HParams(lr["min_lr"], lr["max_lr"], mom["max_momentum"], mom["min_momentum"], wd, bs)
-        loss = repeated_run(ctx, trial, hp, repeats=cfg.weight_decay.repeats,
-                            epochs=cfg.weight_decay.epochs)
-        log.info("weight decay %g: val loss %.4f (mean of %d), accuracy %s", wd, loss,
-                 cfg.weight_decay.repeats, percent(trial.user_attrs["val_accuracies"]))
-        return loss
+    def summary(self) -> str:
+        return f"weight decay {self.weight_decay:g}"
 
-    trials = run_grid(study, [{"weight_decay": v} for v in cfg.weight_decay.values], objective)
-    choice = decide_grid(trials, "weight_decay", "weight decay")
-    return {"weight_decay": choice.value, "why": choice.why}
+
+def hparams(ctx: Context, weight_decay: float) -> HParams:
+    """Stage 1's LR range and stage 2's momentum."""
+    lr, mom = ctx.decision(RangeDecision), ctx.decision(MomentumDecision)
+    return HParams(lr.min_lr, lr.max_lr, mom.max_momentum, mom.min_momentum, weight_decay,
+                   ctx.config.train.batch_size)
+
+
+STAGE = grid_stage(
+    name="weight_decay", title="Weight decay", param="weight_decay", label="weight decay",
+    decision=WeightDecayDecision, settings=lambda cfg: cfg.weight_decay, hparams=hparams,
+    decide=lambda _cfg, value, why: WeightDecayDecision(weight_decay=value, why=why))

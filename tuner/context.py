@@ -1,0 +1,251 @@
+"""The training side of a run: what is trained (``Workload``) and what a stage may do with it
+(``Context``). Stage modules get a ``Context`` and call its methods; they import no torch.
+
+Hidden costs: every method here trains or evaluates a model, and the first call on a device pays
+for allocation (and on CUDA for kernel selection).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import optuna
+import torch
+from optuna.trial import Trial
+from torch import nn
+
+from tuner.config import StudyConfig
+from tuner.data import Data, Splits, concat, load_splits
+from tuner.device import is_out_of_memory, prepare_model, release_memory, resolve_device
+from tuner.lr_range import RangeCurve, mean_curve, suggestions
+from tuner.models import model_factory
+from tuner.pruners import MarginPruner
+from tuner.range_test import range_test
+from tuner.schedules import one_cycle
+from tuner.stages.base import D, Decision, HParams, epoch_steps, find
+from tuner.train import Diverged, Evaluation, evaluate, fit, make_sgd, measure_throughput
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The data (already on ``device``) and the model factory; every model and shuffling
+    generator of a run, the budget's speed measurements included, is made here."""
+
+    splits: Splits
+    model_fn: Callable[[], nn.Module]
+    device: torch.device
+
+    def new_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return prepare_model(self.model_fn(), self.device)
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator on the data's device (``randperm`` on CUDA data needs a CUDA one)."""
+        return torch.Generator(device=self.splits.train.device).manual_seed(seed)
+
+    def steps_per_second(self, batch_size: int, *, seed: int, lr: float = 1e-3,
+                         momentum: float = 0.9, weight_decay: float = 0.0,
+                         min_seconds: float = 0.5) -> float:
+        """Training steps per second at ``batch_size`` on a scratch model (after a warm-up)."""
+        scratch = self.new_model(seed)
+        return measure_throughput(scratch, make_sgd(scratch, lr, momentum, weight_decay),
+                                  self.splits.train, batch_size, min_seconds=min_seconds,
+                                  generator=self.generator(seed))
+
+
+def runtime_device(config: StudyConfig) -> torch.device:
+    """Set torch's CPU threads (``train.threads``) and resolve ``train.device``."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    return resolve_device(config.train.device)
+
+
+def load_workload(config: StudyConfig, model_fn: Callable[[], nn.Module] | None = None,
+                  splits: Splits | None = None) -> Workload:
+    """Set threads and device, read (or move) the data and build the model factory, once.
+
+    The data is read and checked before any storage is touched: a bad file stores nothing.
+    """
+    device = runtime_device(config)
+    splits = splits.to(device) if splits is not None else load_splits(config.data, device)
+    if model_fn is None:
+        model_fn = model_factory(config.model, splits.num_classes)
+    return Workload(splits, model_fn, device)
+
+
+class RunResult(NamedTuple):
+    last: dict[str, Any]  # the last history row: step, train_loss, seconds[, val_loss, ...]
+    model: nn.Module
+
+
+class Score(NamedTuple):
+    """A final training scored once: on ``split`` ("test", or "val" without a test split)."""
+
+    split: str
+    evaluation: Evaluation
+    seconds: float
+
+
+@dataclass
+class Context:
+    """Everything a stage needs: the settings, the workload, the storage and the decisions so
+    far (by stage name), and the training operations stages are built from."""
+
+    config: StudyConfig
+    workload: Workload
+    storage: optuna.storages.BaseStorage
+    run: str
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+    @property
+    def splits(self) -> Splits:
+        return self.workload.splits
+
+    @property
+    def device(self) -> torch.device:
+        return self.workload.device
+
+    def decision(self, kind: type[D]) -> D:
+        return find(self.decisions, kind)
+
+    def pruner(self, reports: int) -> optuna.pruners.BasePruner:
+        """The pruner for runs of ``reports`` validation measurements each."""
+        cfg = self.config.pruner
+        return MarginPruner(cfg.margin, math.ceil(cfg.warmup_fraction * reports))
+
+    def epoch_steps(self, batch_size: int) -> int:
+        return epoch_steps(len(self.splits.train), batch_size)
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return is_out_of_memory(exc)
+
+    def release_memory(self) -> None:
+        release_memory(self.device)
+
+    def steps_per_second(self, hp: HParams) -> float:
+        return self.workload.steps_per_second(
+            hp.batch_size, seed=self.config.train.seed, lr=hp.min_lr, momentum=hp.max_momentum,
+            weight_decay=hp.weight_decay)
+
+    def one_cycle_run(self, trial: Trial, hp: HParams, *, total_steps: int, eval_every: int,
+                      seed: int, train: Data | None = None, validate: bool = True,
+                      prune: bool = True, report: bool = True) -> RunResult:
+        """Train a fresh model with 1cycle; report validation loss every ``eval_every`` steps.
+
+        Report index ``k`` is the k-th measurement (an epoch when ``eval_every`` is an epoch).
+        With ``validate=False`` (final training) the training loss is reported instead. A
+        diverging run is pruned and recorded as such. Returns the last history row and model.
+        """
+        return _one_cycle_run(self, trial, hp, total_steps=total_steps, eval_every=eval_every,
+                              seed=seed, train=train if train is not None else self.splits.train,
+                              val=self.splits.val if validate else None, prune=prune,
+                              report=report)
+
+    def repeated_run(self, trial: Trial, hp: HParams, *, repeats: int, epochs: int) -> float:
+        """The mean final validation loss of ``repeats`` short 1cycle runs from different seeds.
+
+        One short run is a noisy sample: grid points a few hundredths apart in validation loss
+        swap places from one seed to the next. The first run reports each epoch (so the pruner
+        can stop a bad point after one run, and the dashboard shows its curve); the others only
+        add their final loss. Each run's final loss is kept in the user attr ``val_losses``.
+        """
+        per_epoch = self.epoch_steps(hp.batch_size)
+        rows = [self.one_cycle_run(trial, hp, total_steps=epochs * per_epoch,
+                                   eval_every=per_epoch, seed=self.config.train.seed + repeat,
+                                   report=repeat == 0).last
+                for repeat in range(repeats)]
+        losses = [row["val_loss"] for row in rows]
+        trial.set_user_attr("val_losses", losses)
+        trial.set_user_attr("val_accuracies", [row["val_accuracy"] for row in rows])
+        return sum(losses) / len(losses)
+
+    def range_tests(self, trial: Trial, batch_size: int, num_iters: int | None = None,
+                    prefix: str = "") -> RangeCurve:
+        """``lr_range.repeats`` range tests from different seeds, validation curves averaged.
+
+        The mean curve and its suggestions go into the trial's user attrs (``{prefix}curve``),
+        each test's validation losses beside it (``{prefix}val_losses_each``); without a prefix
+        the mean validation loss is also reported as the trial's intermediate values, by step.
+        """
+        cfg = self.config
+        curves = []
+        for repeat in range(cfg.lr_range.repeats):
+            seed = cfg.train.seed + repeat
+            model = self.workload.new_model(seed)
+            optimizer = make_sgd(model, cfg.lr_range.start_lr, cfg.lr_range.momentum,
+                                 cfg.lr_range.weight_decay, cfg.train.nesterov)
+            curves.append(range_test(model, optimizer, self.splits.train, self.splits.val,
+                                     cfg.lr_range, batch_size, num_iters=num_iters,
+                                     eval_batch_size=cfg.train.eval_batch_size,
+                                     generator=self.workload.generator(seed)))
+        curve = mean_curve(curves)
+        if not prefix:
+            for step, loss in zip(curve.val_steps, curve.val_losses, strict=True):
+                if math.isfinite(loss):
+                    trial.report(loss, step)
+        trial.set_user_attr(f"{prefix}curve", curve.to_dict())
+        trial.set_user_attr(f"{prefix}val_losses_each", [c.val_losses for c in curves])
+        trial.set_user_attr(f"{prefix}suggestions", suggestions(
+            curve.lrs, curve.train_losses, cfg.lr_range.smooth)._asdict())
+        return curve
+
+    def final_run(self, trial: Trial, hp: HParams, *, epochs: int, seed: int) -> Score:
+        """1cycle on train + validation, scored once on the test split; without a test split,
+        on train only and scored on the validation split."""
+        splits = self.splits
+        if splits.test is not None:
+            train, scored, split = concat(splits.train, splits.val), splits.test, "test"
+        else:
+            train, scored, split = splits.train, splits.val, "val"
+        per_epoch = epoch_steps(len(train), hp.batch_size)
+        result = self.one_cycle_run(trial, hp, total_steps=epochs * per_epoch,
+                                    eval_every=per_epoch, seed=seed, train=train,
+                                    validate=False, prune=False)
+        score = evaluate(result.model, scored, self.config.train.eval_batch_size)
+        return Score(split, score, result.last["seconds"])
+
+
+def _one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
+                   eval_every: int, seed: int, train: Data, val: Data | None, prune: bool,
+                   report: bool) -> RunResult:
+    cfg = ctx.config
+    model = ctx.workload.new_model(seed)
+    optimizer = make_sgd(model, hp.min_lr, hp.max_momentum, hp.weight_decay, cfg.train.nesterov)
+    history: list[dict[str, Any]] = []
+
+    def schedule(step: int):  # noqa: ANN202
+        return one_cycle(step, total_steps, hp.min_lr, hp.max_lr, hp.max_momentum,
+                         hp.min_momentum, cfg.schedule.cycle_fraction, cfg.schedule.final_div)
+
+    def on_eval(step: int, train_loss: float, seconds: float) -> None:
+        k = math.ceil(step / eval_every)
+        row: dict[str, Any] = {"step": step, "train_loss": train_loss, "seconds": seconds}
+        if val is not None:
+            ev = evaluate(model, val, cfg.train.eval_batch_size)
+            row.update(val_loss=ev.loss, val_accuracy=ev.accuracy)
+        history.append(row)
+        if not report:
+            return
+        reported = row.get("val_loss", train_loss)
+        if math.isfinite(reported):
+            trial.report(reported, k)
+        if prune and trial.should_prune():
+            trial.set_user_attr("history", history)
+            trial.set_user_attr("pruned_at", k)
+            raise optuna.TrialPruned(f"pruned at report {k}: loss {reported:.4g}")
+
+    try:
+        fit(model, optimizer, train, total_steps=total_steps, batch_size=hp.batch_size,
+            schedule=schedule, eval_every=eval_every, on_eval=on_eval,
+            generator=ctx.workload.generator(seed))
+    except Diverged as exc:
+        if report:
+            trial.set_user_attr("history", history)
+        trial.set_user_attr("diverged", str(exc) if report else f"seed {seed}: {exc}")
+        raise optuna.TrialPruned(f"diverged: {exc}") from None
+    if report:
+        trial.set_user_attr("history", history)
+    return RunResult(history[-1], model)

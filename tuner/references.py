@@ -1,0 +1,20 @@
+"""What a study names outside its own numbers: the dataset and the model must exist.
+
+``tuner.config`` validates values only (no torch, no file system), so that building, replacing
+and reloading a configuration is cheap and free of side effects. Call ``check_references`` once
+a study is loaded, before any training: it reports a missing npz file or image folder, an
+unknown built-in name, or a ``module:factory`` that does not import as a one-line
+``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+from tuner.config import StudyConfig
+from tuner.models import resolve_model
+from tuner.sources import check_source
+
+
+def check_references(config: StudyConfig) -> None:
+    """Raise ``ConfigError`` unless ``config``'s dataset and model can be found."""
+    check_source(config.data)  # a built-in name, or npz:/imagefolder: paths that exist
+    resolve_model(config.model)  # a built-in name, or a module:factory that imports

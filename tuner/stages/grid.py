@@ -1,0 +1,114 @@
+"""A grid stage: one value per trial from a config section's ``values``, each trial the mean of
+``repeats`` short 1cycle runs of ``epochs`` epochs at the reference batch size; the value with
+the lowest final validation loss wins. Momentum and weight decay are two instances."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from tuner.stages.base import D, HParams, Sizes, Speed, Stage, epoch_steps
+from tuner.trials import run_grid, trial_params
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.config import StudyConfig
+    from tuner.context import Context
+
+log = logging.getLogger(__name__)
+
+
+class GridSettings(Protocol):
+    """The config section of a grid stage (``[momentum]``, ``[weight_decay]``)."""
+
+    @property
+    def values(self) -> tuple[float, ...]: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def repeats(self) -> int: ...
+
+
+class GridChoice(NamedTuple):
+    value: Any
+    why: str
+
+
+def describe_trial(t: FrozenTrial) -> str:
+    if t.state == TrialState.COMPLETE:
+        return f"{t.value:.4g}"
+    if "diverged" in t.user_attrs:
+        return "diverged"
+    if "infeasible" in t.user_attrs:
+        return "out of memory"
+    return f"pruned at report {t.user_attrs.get('pruned_at', t.last_step)}"
+
+
+def scored(t: FrozenTrial) -> bool:
+    """COMPLETE with a finite final loss."""
+    return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+
+
+def decide_grid(trials: Sequence[FrozenTrial], param: str, label: str | None = None
+                ) -> GridChoice:
+    """The value of ``param`` whose COMPLETE trial has the lowest final validation loss."""
+    label = label or param
+    complete = [t for t in trials if scored(t)]
+    if not complete:
+        seen = ", ".join(f"{trial_params(t)[param]}: {describe_trial(t)}" for t in trials)
+        raise RuntimeError(f"every {label} trial was pruned or diverged ({seen}); the LR range "
+                           f"is probably too high: lower lr_range.end_lr.")
+    best = min(complete, key=lambda t: t.value)
+    others = ", ".join(f"{trial_params(t)[param]:g}: {describe_trial(t)}"
+                       for t in sorted(trials, key=lambda t: trial_params(t)[param], reverse=True))
+    why = (f"{label} {best.params[param]:g} gave the lowest final validation loss "
+           f"{best.value:.4g} (all: {others})")
+    return GridChoice(best.params[param], why)
+
+
+def percent(fractions: Sequence[float]) -> str:
+    return ", ".join(f"{100 * f:.1f}%" for f in fractions)
+
+
+def grid_seconds(cfg: StudyConfig, section: GridSettings, speed: Speed, sizes: Sizes) -> float:
+    """Seconds of a grid of short runs at ``train.batch_size``, one evaluation per epoch."""
+    bs = cfg.train.batch_size
+    epoch = epoch_steps(sizes.n_train, bs) * speed.step_s[bs] + sizes.n_val * speed.eval_sample_s
+    return len(section.values) * section.repeats * section.epochs * epoch
+
+
+def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[D],
+               settings: Callable[[StudyConfig], GridSettings],
+               hparams: Callable[[Context, float], HParams],
+               decide: Callable[[StudyConfig, float, str], D]) -> Stage[D]:
+    """A ``Stage`` that runs ``settings(cfg).values`` as a grid of ``param``.
+
+    ``hparams(ctx, value)`` gives a trial's run; ``decide(cfg, value, why)`` the decision.
+    """
+
+    def run(ctx: Context, study: optuna.Study) -> D:
+        cfg = ctx.config
+        section = settings(cfg)
+        ctx.epoch_steps(cfg.train.batch_size)  # a clear error before any trial is stored
+
+        def objective(trial: Trial) -> float:
+            value = trial.suggest_categorical(param, list(section.values))
+            loss = ctx.repeated_run(trial, hparams(ctx, value), repeats=section.repeats,
+                                    epochs=section.epochs)
+            log.info("%s %g: val loss %.4f (mean of %d), accuracy %s", label, value, loss,
+                     section.repeats, percent(trial.user_attrs["val_accuracies"]))
+            return loss
+
+        trials = run_grid(study, [{param: v} for v in section.values], objective)
+        choice = decide_grid(trials, param, label)
+        return decide(cfg, choice.value, choice.why)
+
+    return Stage(name=name, title=title, decision=decision, run=run,
+                 reports=lambda ctx: settings(ctx.config).epochs,
+                 cost=lambda cfg, speed, sizes: grid_seconds(cfg, settings(cfg), speed, sizes),
+                 param=param, param_label=label)

@@ -1,0 +1,14 @@
+"""Small wording helpers shared by the modules that talk to a user."""
+
+from __future__ import annotations
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type's name when it has no message)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def split_name(split: str) -> str:
+    """How a final score's split is called: test, or validation (data without a test split)."""
+    return "test" if split == "test" else "validation"
