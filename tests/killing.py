@@ -14,7 +14,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage import STAGES, study_name
+from tuner.stages import NAMES
+from tuner.storage import study_name
 from tuner.trials import WORKER_ATTR, trial_params
 
 # A tiny study whose stages each last long enough (a second or more) to be caught running.
@@ -92,7 +93,7 @@ def kill_when(storage: str, procs: list[subprocess.Popen],
 def finished_per_point(storage: str, run: str) -> dict[str, Counter]:
     """For each stage, how many COMPLETE or PRUNED trials each grid point has."""
     out = {}
-    for stage in STAGES:
+    for stage in NAMES:
         study = optuna.load_study(study_name=study_name(run, stage), storage=storage)
         done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
         out[stage] = Counter(tuple(sorted(trial_params(t).items())) for t in done)

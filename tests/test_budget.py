@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import tuner
 from tuner import budget
-from tuner.budget import Sizes, Speed
-from tuner.config import ConfigError, RefineConfig, StudyConfig
+from tuner.config import BatchSizeConfig, ConfigError, RefineConfig, StudyConfig
+from tuner.context import Workload
 from tuner.models import build_model
+from tuner.stages import batch_size, momentum, weight_decay
+from tuner.stages.base import Sizes, Speed
+from tuner.stages.grid import grid_seconds
+from tuner.stages.lr_range import range_test_seconds
+from tuner.stages.refine import RefineDecision
 from tuner.storage import open_storage, stored_config
 
 from .conftest import tiny_config
@@ -24,22 +31,47 @@ SIZES = Sizes(n_train=3200, n_val=800)
 def test_grid_seconds_are_runs_times_epochs_times_an_epoch() -> None:
     cfg = StudyConfig()
     epoch = 100 * 0.003 + 800 * 3e-6  # 3200 / 32 steps, then one pass over the validation set
-    assert budget.grid_s(4, 2, 30, cfg, SPEED, SIZES) == pytest.approx(4 * 2 * 30 * epoch)
+    section = dataclasses.replace(cfg.momentum, values=(0.99, 0.97, 0.95, 0.9), repeats=2,
+                                  epochs=30)
+    assert grid_seconds(cfg, section, SPEED, SIZES) == pytest.approx(4 * 2 * 30 * epoch)
+    # the grid stages ask it for their own sections: 4 values x 2 seeds x 30 epochs by default
+    assert momentum.STAGE.cost(cfg, SPEED, SIZES) == pytest.approx(4 * 2 * 30 * epoch)
+    assert weight_decay.STAGE.cost(cfg, SPEED, SIZES) == pytest.approx(4 * 2 * 30 * epoch)
 
 
 def test_range_test_seconds_count_every_repeat_and_evaluation() -> None:
     cfg = StudyConfig()  # 3 repeats, an evaluation of 1000 samples every 10 steps
     expected = 3 * (1000 * 0.003 + 100 * 1000 * 3e-6)
-    assert budget.range_test_s(cfg, SPEED, 32, 1000) == pytest.approx(expected)
+    assert range_test_seconds(cfg, SPEED, 32, 1000) == pytest.approx(expected)
 
 
 def test_batch_size_stage_reuses_stage_one_range_test_for_the_reference_size() -> None:
     cfg = StudyConfig()
-    per_size = budget.size_budget_s(cfg, SPEED, SIZES) + 10 * 800 * 3e-6 + 2 * 0.3
-    tests = 4 * budget.range_test_s(cfg, SPEED, 64, 1000)  # not for 32, the reference size
-    assert budget.batch_size_s(cfg, SPEED, SIZES) == pytest.approx(5 * per_size + tests)
     # the default budget per size: a final training (40 epochs) at the reference size
-    assert budget.size_budget_s(cfg, SPEED, SIZES) == pytest.approx(40 * 100 * 0.003)
+    size_budget = 40 * 100 * 0.003
+    per_size = size_budget + 10 * 800 * 3e-6 + 2 * 0.3
+    tests = 4 * range_test_seconds(cfg, SPEED, 64, 1000)  # not for 32, the reference size
+    assert batch_size.cost(cfg, SPEED, SIZES) == pytest.approx(5 * per_size + tests)
+    assert batch_size.STAGE.cost is batch_size.cost
+    # ... the same as that budget configured
+    given = cfg.replace(batch_size=dataclasses.replace(cfg.batch_size, budget_s=size_budget))
+    assert batch_size.cost(given, SPEED, SIZES) == pytest.approx(5 * per_size + tests)
+
+
+def test_a_reference_size_alone_costs_nothing() -> None:
+    cfg = StudyConfig(batch_size=BatchSizeConfig(values=(32,)))
+    assert batch_size.cost(cfg, SPEED, SIZES) == 0.0
+
+
+def test_stage_seconds_asks_each_planned_stage_for_its_cost() -> None:
+    cfg = StudyConfig()
+    seconds = budget.stage_seconds(cfg, SPEED, SIZES)
+    assert list(seconds) == ["lr_range", "momentum", "weight_decay", "batch_size"]
+    assert seconds["lr_range"] == pytest.approx(range_test_seconds(cfg, SPEED, 32, 1000))
+    assert seconds["momentum"] == pytest.approx(grid_seconds(cfg, cfg.momentum, SPEED, SIZES))
+    assert seconds["weight_decay"] == pytest.approx(
+        grid_seconds(cfg, cfg.weight_decay, SPEED, SIZES))
+    assert seconds["batch_size"] == pytest.approx(batch_size.cost(cfg, SPEED, SIZES))
 
 
 def test_a_large_budget_cuts_nothing_and_refines_in_the_rest() -> None:
@@ -92,8 +124,9 @@ def test_bad_budget_is_refused_with_the_value(seconds: float) -> None:
 
 
 def test_measured_speed_covers_each_size_that_fits(mnist1d_splits) -> None:  # noqa: ANN001
-    speed = budget.measure_speed(lambda: build_model("mnist1d_cnn", 10), mnist1d_splits,
-                                 [64, 32, 100_000], eval_batch_size=1024)
+    workload = Workload(mnist1d_splits, lambda: build_model("mnist1d_cnn", 10),
+                        torch.device("cpu"))
+    speed = budget.measure_speed(workload, [64, 32, 100_000], eval_batch_size=1024)
     assert sorted(speed.step_s) == [32, 64]  # 100000 > the training samples: skipped
     assert all(0 < s < 1 for s in speed.step_s.values())
     assert 0 < speed.eval_sample_s < speed.step_s[32]
@@ -106,7 +139,9 @@ def test_run_with_a_budget_stores_the_fitted_study_and_resumes_with_it(
     result = tuner.run(cfg, storage=url, splits=mnist1d_splits, budget_s=5.0)
     stored = stored_config(open_storage(url), result.run)
     assert stored["refine"]["total_s"] == 5.0
-    assert result.decisions["refine"]  # the refinement ran (or said why not) in what was left
+    # the refinement ran (or said why not) in what was left
+    assert isinstance(result.decisions["refine"], RefineDecision)
+    assert result.decisions["refine"].why
 
     def no_planning(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("an existing run was fitted again")
@@ -126,3 +161,79 @@ def test_cli_refuses_a_bad_budget_before_storing_anything(
     err = capsys.readouterr().err
     assert "budget_s=0.0" in err
     assert not db.exists()
+
+
+def spy_on_speed_measurement(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Record the models ``Workload.new_model`` made, the generators ``Workload.generator``
+    made, and what ``measure_throughput`` and ``evaluate`` were given."""
+    import tuner.context
+    import tuner.train
+
+    seen: dict[str, list] = {"models": [], "generators": [], "throughput": [], "evaluate": []}
+    new_model, generator = Workload.new_model, Workload.generator
+    throughput, evaluate = tuner.context.measure_throughput, tuner.train.evaluate
+
+    def spy_new_model(self: Workload, seed: int):  # noqa: ANN202
+        seen["models"].append(model := new_model(self, seed))
+        return model
+
+    def spy_generator(self: Workload, seed: int) -> torch.Generator:
+        seen["generators"].append(g := generator(self, seed))
+        return g
+
+    def spy_throughput(model, optimizer, data, batch_size, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen["throughput"].append((model, data, batch_size, kw.get("generator")))
+        return throughput(model, optimizer, data, batch_size, **kw)
+
+    def spy_evaluate(model, data, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen["evaluate"].append((model, data))
+        return evaluate(model, data, *a, **kw)
+
+    monkeypatch.setattr(Workload, "new_model", spy_new_model)
+    monkeypatch.setattr(Workload, "generator", spy_generator)
+    monkeypatch.setattr(tuner.context, "measure_throughput", spy_throughput)
+    monkeypatch.setattr(tuner.train, "evaluate", spy_evaluate)
+    return seen
+
+
+def check_measured_as_the_stages_train(seen: dict[str, list], workload: Workload,
+                                       sizes: list[int]) -> None:
+    device = workload.splits.train.device
+    assert [bs for _m, _d, bs, _g in seen["throughput"]] == sizes
+    for model, data, _bs, gen in seen["throughput"]:
+        assert data is workload.splits.train
+        assert gen is not None and any(gen is g for g in seen["generators"])
+        assert gen.device == data.device == device  # randperm on the data's device
+        assert any(model is m for m in seen["models"])  # made by Workload.new_model
+        assert {p.device for p in model.parameters()} == {device}
+    assert seen["evaluate"]
+    for model, data in seen["evaluate"]:
+        assert data is workload.splits.val
+        assert any(model is m for m in seen["models"])
+        assert {p.device for p in model.parameters()} == {device}
+
+
+def test_speed_is_measured_with_the_stages_models_and_generators(
+        mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    workload = Workload(mnist1d_splits, lambda: build_model("mnist1d_cnn", 10),
+                        torch.device("cpu"))
+    seen = spy_on_speed_measurement(monkeypatch)
+    speed = budget.measure_speed(workload, [64, 32], eval_batch_size=1024, seed=3)
+    assert sorted(speed.step_s) == [32, 64]
+    check_measured_as_the_stages_train(seen, workload, [32, 64])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_measure_speed_with_the_data_on_cuda(mnist1d_splits,  # noqa: ANN001
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = torch.device("cuda")
+    workload = Workload(mnist1d_splits.to(cuda), lambda: build_model("mnist1d_cnn", 10), cuda)
+    assert workload.splits.train.device.type == "cuda"
+    seen = spy_on_speed_measurement(monkeypatch)
+    speed = budget.measure_speed(workload, [32, 64, 100_000], eval_batch_size=1024)
+    assert sorted(speed.step_s) == [32, 64]
+    assert all(0 < s < 1 for s in speed.step_s.values())
+    assert 0 < speed.eval_sample_s < speed.step_s[32]
+    check_measured_as_the_stages_train(seen, workload, [32, 64])
+    assert all(g.device.type == "cuda" for g in seen["generators"])

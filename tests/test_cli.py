@@ -10,6 +10,13 @@ import pytest
 
 from tuner.cli import main, summary_table
 from tuner.pipeline import Result
+from tuner.stages.base import HParams
+from tuner.stages.batch_size import BatchSizeDecision
+from tuner.stages.final import FinalDecision
+from tuner.stages.lr_range import RangeDecision
+from tuner.stages.momentum import MomentumDecision
+from tuner.stages.refine import RefineDecision
+from tuner.stages.weight_decay import WeightDecayDecision
 
 BAD_FILES = {
     "unknown key": ("[momentum]\nvaluez = [0.9]\n", ["'momentum.valuez'", "values"]),
@@ -62,15 +69,29 @@ def test_console_script_entry_point_runs(tmp_path: Path) -> None:
 
 
 def test_summary_table_names_every_choice() -> None:
+    values = HParams(0.025, 0.25, 0.95, 0.85, 1e-4, 128)
     decisions = {
-        "lr_range": {"min_lr": 0.02, "max_lr": 0.2, "seconds": 3.0},
-        "momentum": {"max_momentum": 0.95, "min_momentum": 0.85, "seconds": 4.0},
-        "weight_decay": {"weight_decay": 1e-4, "seconds": 4.0},
-        "batch_size": {"batch_size": 128, "min_lr": 0.025, "max_lr": 0.25, "seconds": 60.0},
-        "final": {"epochs": 40, "seeds": [0, 1, 2], "test_accuracy": 0.953,
-                  "test_accuracy_sd": 0.002, "test_loss": 0.19, "seconds": 10.0},
+        "lr_range": RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=32, why="", seconds=3.0),
+        "momentum": MomentumDecision(max_momentum=0.95, min_momentum=0.85, why="",
+                                     seconds=4.0),
+        "weight_decay": WeightDecayDecision(weight_decay=1e-4, why="", seconds=4.0),
+        "batch_size": BatchSizeDecision(batch_size=128, min_lr=0.025, max_lr=0.25,
+                                        final_epochs=40, why="", seconds=60.0),
+        "refine": RefineDecision(values=values, staged=values, why=""),
+        "final": FinalDecision(values=values, epochs=40, scored_on="test", accuracy=0.953,
+                               accuracy_sd=0.002, loss=0.19, accuracies=[0.951, 0.953, 0.955],
+                               seeds=[0, 1, 2], why="", seconds=10.0),
     }
     table = summary_table(Result("r", "sqlite:///x.db", decisions))
-    for piece in ["0.02 - 0.2", "0.95 -> 0.85", "0.0001", "128", "0.025 - 0.25", "95.30%",
-                  "0.1900", "batch_size 60s"]:
+    for piece in ["0.02 – 0.2", "max momentum 0.95 (cycling down to 0.85)", "weight decay 0.0001",
+                  "batch size 128 (LR 0.025 – 0.25)", "test accuracy 95.30% ± 0.20", "0.1900",
+                  "batch_size 60s", "LR 0.025 - 0.25, momentum 0.95 -> 0.85", "Final 1cycle"]:
         assert piece in table
+
+
+def test_summary_table_of_data_without_a_test_split_says_validation() -> None:
+    values = HParams(0.025, 0.25, 0.95, 0.85, 1e-4, 128)
+    final = FinalDecision(values=values, epochs=4, scored_on="val", accuracy=0.5,
+                          accuracy_sd=0.0, loss=1.0, accuracies=[0.5], seeds=[0], why="")
+    table = summary_table(Result("r", "sqlite:///x.db", {"final": final}))
+    assert "validation accuracy 50.00%" in table and "test" not in table

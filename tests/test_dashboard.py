@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -16,58 +17,106 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 from optuna_dashboard import get_note
 
 from tuner.cli import main
-from tuner.dashboard import annotate_stage, has_range_figure, is_loopback, stage_note
-from tuner.storage import STAGES, open_storage, open_study, study_name
+from tuner.dashboard import (
+    annotate_run,
+    annotate_stage,
+    has_note,
+    has_range_figure,
+    is_loopback,
+    stage_note,
+)
+from tuner.stages import STAGES, Decision, stage
+from tuner.stages.lr_range import RangeDecision
+from tuner.stages.momentum import MomentumDecision
+from tuner.stages.weight_decay import WeightDecayDecision
+from tuner.storage import Run, open_storage, study_name
 
 from .conftest import TinyRun
+from .hand_runs import decide, stage_study, start_run
 
 
-def _decision_words(stage: str, d: dict[str, Any]) -> list[str]:
+def _decision_words(d: Decision) -> list[str]:
     """What a stage's note must say about its decision."""
-    return {"lr_range": [f"{d.get('max_lr', 0):.3g}", f"{d.get('min_lr', 0):.3g}"],
-            "momentum": [f"{d.get('max_momentum', 0):g}"],
-            "weight_decay": [f"weight decay {d.get('weight_decay', 0):g}"],
-            "batch_size": [f"batch size {d.get('batch_size')}"],
-            "refine": [f"batch size {d.get('batch_size')}"],
-            "final": [f"{100 * d.get('test_accuracy', 0):.2f}%"]}[stage] + [d["why"]]
+    return [d.summary(), d.why]
 
 
-def test_each_stage_of_a_run_carries_its_note(tiny_run: TinyRun) -> None:
-    storage = open_storage(tiny_run.url)
-    for stage in STAGES:
-        study = optuna.load_study(study_name=study_name(tiny_run.run, stage), storage=storage)
-        note = get_note(study)
-        for words in _decision_words(stage, tiny_run.result.decisions[stage]):
-            assert words in note, (stage, words)
-        assert study.user_attrs["environment"]["torch"]
-    lr = optuna.load_study(study_name=f"{tiny_run.run}/lr_range", storage=storage)
-    assert has_range_figure(lr)
+def _without_notes(tiny_run: TinyRun, tmp_path: Path) -> Run:
+    """A copy of the tiny run without dashboard notes, figures or artifacts."""
+    db = tmp_path / "tuner.db"
+    shutil.copy(tiny_run.path, db)
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM study_system_attributes WHERE key LIKE 'dashboard:%' OR "
+                    "key LIKE 'artifacts:%'")
+    return Run.find(f"sqlite:///{db}")
+
+
+def test_annotate_run_writes_what_each_decided_stage_lacks(tiny_run: TinyRun, tmp_path: Path
+                                                          ) -> None:
+    run = _without_notes(tiny_run, tmp_path)
+    written = annotate_run(run)
+    assert sorted(written) == sorted([*(f"{st.name} note" for st in STAGES), "lr_range figure"])
+    studies = run.studies()
+    for st in STAGES:
+        note = get_note(studies[st.name])
+        assert note.startswith(f"### {st.title}"), st.name
+        for words in _decision_words(tiny_run.result.decisions[st.name]):
+            assert words in note, (st.name, words)
+    assert has_range_figure(studies["lr_range"])
+    assert annotate_run(run) == []  # nothing is written twice
+
+
+def test_annotate_stage_writes_the_note_and_the_range_figure(tiny_run: TinyRun, tmp_path: Path
+                                                            ) -> None:
+    studies = _without_notes(tiny_run, tmp_path).studies()
+    decision = tiny_run.result.decisions["lr_range"]
+    assert not has_note(studies["lr_range"]) and not has_range_figure(studies["lr_range"])
+    annotate_stage(stage("lr_range"), studies["lr_range"], decision)
+    assert decision.why in get_note(studies["lr_range"])
+    assert has_range_figure(studies["lr_range"])
 
 
 def test_a_note_that_cannot_be_written_never_fails_the_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    study = open_study(open_storage(f"sqlite:///{tmp_path}/t.db"), "r", "momentum")
+    study = stage_study(start_run(tmp_path), "momentum")
 
     def broken(*_a: object) -> None:
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("optuna_dashboard.save_note", broken)
     with caplog.at_level(logging.WARNING):
-        annotate_stage(study, "momentum", {"max_momentum": 0.9, "min_momentum": 0.85,
-                                           "why": "because"})
+        annotate_stage(stage("momentum"), study,
+                       MomentumDecision(max_momentum=0.9, min_momentum=0.85, why="because"))
     assert "could not write the dashboard note of r/momentum" in caplog.text
     assert "disk full" in caplog.text
 
 
 def test_stage_note_says_what_and_why() -> None:
-    note = stage_note("weight_decay", {"weight_decay": 1e-4, "why": "lowest loss", "seconds": 3})
+    note = stage_note(stage("weight_decay"),
+                      WeightDecayDecision(weight_decay=1e-4, why="lowest loss", seconds=3))
+    assert note.startswith("### Weight decay")
     assert "weight decay 0.0001" in note and "lowest loss" in note and "3.0 s" in note
+
+
+def test_range_test_note_adds_where_it_stopped_and_the_suggestions() -> None:
+    decision = RangeDecision(min_lr=0.01, max_lr=0.1, batch_size=32, why="read off",
+                             stop_reason="ran to end_lr", suggestions={"valley": 0.02})
+    note = stage_note(stage("lr_range"), decision)
+    assert "LR 0.01 – 0.1" in note and "read off" in note
+    assert decision.details() in note and "valley 0.02" in note and "figure" in note
+
+
+def test_a_stage_decided_later_gets_its_note_from_annotate_run(tmp_path: Path) -> None:
+    run = start_run(tmp_path)
+    study = stage_study(run, "weight_decay")
+    assert annotate_run(run) == []  # nothing decided: nothing to say
+    decide(study, WeightDecayDecision(weight_decay=0.0, why="w"))
+    assert annotate_run(run) == ["weight_decay note"]
+    assert "weight decay 0" in get_note(study)
 
 
 def test_loopback() -> None:
@@ -93,10 +142,7 @@ def _get_json(url: str) -> Any:
 def test_tuner_dashboard_serves_every_stage_with_its_note(tiny_run: TinyRun, tmp_path: Path
                                                          ) -> None:
     db = tmp_path / "tuner.db"
-    db.write_bytes(tiny_run.path.read_bytes())
-    with sqlite3.connect(db) as con:  # a run from before notes: `tuner dashboard` writes them
-        con.execute("DELETE FROM study_system_attributes WHERE key LIKE 'dashboard:%' OR "
-                    "key LIKE 'artifacts:%'")
+    _without_notes(tiny_run, tmp_path)  # a run without notes: `tuner dashboard` writes them
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuner.cli", "dashboard", "--storage", f"sqlite:///{db}",
@@ -115,13 +161,13 @@ def test_tuner_dashboard_serves_every_stage_with_its_note(tiny_run: TinyRun, tmp
                 time.sleep(0.2)
         assert studies is not None, f"the dashboard never answered: {proc.stderr.read()}"
         ids = {s["study_name"]: s["study_id"] for s in studies}
-        assert set(ids) == {study_name(tiny_run.run, s) for s in STAGES}
-        for stage in STAGES:
-            detail = _get_json(f"{base}/api/studies/{ids[study_name(tiny_run.run, stage)]}"
+        assert set(ids) == {study_name(tiny_run.run, s.name) for s in STAGES}
+        for st in STAGES:
+            detail = _get_json(f"{base}/api/studies/{ids[study_name(tiny_run.run, st.name)]}"
                                f"?after=0")
             note = detail["note"]["body"]
-            for words in _decision_words(stage, tiny_run.result.decisions[stage]):
-                assert words in note, (stage, words, note)
+            for words in _decision_words(tiny_run.result.decisions[st.name]):
+                assert words in note, (st.name, words, note)
         lr_id = ids[study_name(tiny_run.run, "lr_range")]
         detail = _get_json(f"{base}/api/studies/{lr_id}?after=0")
         assert [g["id"] for g in detail["plotly_graph_objects"]] == ["lr_range_test"]
@@ -137,10 +183,10 @@ def test_tuner_dashboard_serves_every_stage_with_its_note(tiny_run: TinyRun, tmp
 
 def test_dashboard_errors_are_one_line(tiny_run: TinyRun, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    missing = tmp_path / "missing.db"
+    missing = tmp_path / "missing" / "missing.db"
     assert main(["dashboard", "--storage", f"sqlite:///{missing}"]) == 2
     assert "no such database file" in capsys.readouterr().err
-    assert not missing.exists()
+    assert not missing.parent.exists()
     empty = tmp_path / "empty.db"
     open_storage(f"sqlite:///{empty}")
     assert main(["dashboard", "--storage", f"sqlite:///{empty}"]) == 2

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
-from tuner.storage import STAGES
+from tuner.stages import NAMES
 
 
 @pytest.mark.slow
@@ -20,14 +20,14 @@ def test_default_study_reaches_the_accuracy_target(tmp_path: Path) -> None:
     result = tuner.run(tuner.load_study("studies/mnist1d_cnn.toml"), storage=url)
     seconds = time.perf_counter() - t0
     print(f"default study: {seconds:.0f} s, test accuracy {100 * result.test_accuracy:.2f}% "
-          f"± {100 * result.decisions['final']['test_accuracy_sd']:.2f} over seeds "
-          f"{result.decisions['final']['seeds']}; LR {result.min_lr:.3g}-{result.max_lr:.3g}, "
+          f"± {100 * result.final.accuracy_sd:.2f} over seeds "
+          f"{result.final.seeds}; LR {result.min_lr:.3g}-{result.max_lr:.3g}, "
           f"momentum {result.momentum}, wd {result.weight_decay}, batch {result.batch_size}")
     assert seconds < 600
     assert result.test_accuracy >= 0.945  # published CNN baseline: 94%
-    assert len(result.decisions["final"]["seeds"]) == 3
+    assert len(result.final.seeds) == 3
     names = set(optuna.get_all_study_names(url))
-    assert names == {f"mnist1d_cnn/{s}" for s in STAGES}
+    assert names == {f"mnist1d_cnn/{s}" for s in NAMES}
     for name in names:
         study = optuna.load_study(study_name=name, storage=url)
         if name.endswith(("momentum", "weight_decay", "batch_size")):

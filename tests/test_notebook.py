@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tuner.storage import STAGES
+from tuner.stages import STAGES
 
 from .conftest import TinyRun
 

@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 
 import tuner
 from tuner.config import FinalConfig, LRRangeConfig, WeightDecayConfig
-from tuner.lr_range import NoUsableMinimum
 from tuner.context import Context, Workload
+from tuner.lr_range import NoUsableMinimum
 from tuner.stages import NAMES, STAGES
 from tuner.stages.base import HParams
 from tuner.stages.batch_size import BatchSizeDecision
@@ -194,3 +194,17 @@ def test_changed_settings_on_resume_are_refused(tmp_path: Path, mnist1d_splits) 
 
 # SIGKILL at any moment (the range test, each grid stage, final training) and the rerun that
 # completes: tests/test_workers.py::test_sigkill_at_five_moments_each_rerun_completes.
+
+
+def test_same_decisions_as_before_the_stage_redesign(tmp_path: Path, mnist1d_splits) -> None:
+    """Recorded from tuner at commit b6ed392 (before stages became typed objects) with the same
+    tiny study on the same seeds; only the time-based batch-size comparison is left out."""
+    cfg = tiny_config(batch_size=dataclasses.replace(tiny_config().batch_size, values=(64,)))
+    result = tuner.run(cfg, storage=f"sqlite:///{tmp_path}/t.db", splits=mnist1d_splits)
+    assert (result.min_lr, result.max_lr) == pytest.approx((0.0248112605513777,
+                                                            0.24811260551377698), rel=1e-9)
+    assert (result.momentum, result.weight_decay, result.batch_size) == (0.9, 1e-4, 64)
+    assert result.decisions["momentum"].why == (
+        "max momentum 0.9 gave the lowest final validation loss 1.003 (all: 0.95: 1.048, "
+        "0.9: 1.003)")
+    assert result.test_accuracy == pytest.approx(0.648)

@@ -3,6 +3,7 @@ headless Chromium (every figure drew, no JavaScript error; a screenshot is kept)
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -12,12 +13,21 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import main
-from tuner.report import figures, range_test_figure, render_html, write_report
+from tuner.report import (
+    default_report_path,
+    figures,
+    range_test_figure,
+    render_html,
+    safe_filename,
+    write_report,
+)
 from tuner.report_data import load_run
 from tuner.report_svg import range_test_svg
-from tuner.storage import STAGES, open_storage, open_study
+from tuner.stages import NAMES, STAGES
+from tuner.storage import Run
 
 from .conftest import TinyRun
+from .hand_runs import start_run
 
 MAX_REPORT_BYTES = 5_000_000
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -26,9 +36,11 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 def test_every_stage_has_its_figure(tiny_run: TinyRun) -> None:
     info = load_run(tiny_run.url)
     drawn = figures(info)
-    assert [stage for stage, _, _ in drawn] == list(STAGES)
+    assert [stage for stage, _, _ in drawn] == list(NAMES)
     assert all(why for _, why, _ in drawn)
     figs = {stage: fig for stage, _, fig in drawn}
+    for st in STAGES:  # each titled as the registry names the stage
+        assert figs[st.name].layout.title.text.startswith(st.title), st.name
 
     rt = figs["lr_range"]
     names = [t.name for t in rt.data]
@@ -40,15 +52,16 @@ def test_every_stage_has_its_figure(tiny_run: TinyRun) -> None:
         chosen = [t for t in figs[stage].data if t.name and t.name.endswith("(chosen)")]
         assert len(chosen) == 1 and chosen[0].line.width == 4
     sizes = [t for t in figs["batch_size"].data if t.showlegend is not False]
-    assert len(sizes) == len(info.batch_size.trials)
+    assert len(sizes) == len(info.grid("batch_size").trials)
+    assert figs["batch_size"].layout.xaxis.title.text == "training seconds"
     final_names = [t.name for t in figs["final"].data]
     assert "learning rate" in final_names and "momentum" in final_names
 
 
 def test_range_test_figure_marks_where_the_test_diverged(tiny_run: TinyRun) -> None:
     info = load_run(tiny_run.url).range_test
-    stopped = info.__class__(**{**info.__dict__, "stop_lr": info.lrs[-1], "stop_loss": 3.0,
-                                "stop_reason": "smoothed training loss 9 exceeded 4 x 2"})
+    stopped = dataclasses.replace(info, stop_lr=info.lrs[-1], stop_loss=3.0,
+                                  stop_reason="smoothed training loss 9 exceeded 4 x 2")
     fig = range_test_figure(stopped)
     (mark,) = [t for t in fig.data if t.name and t.name.startswith("stopped at LR")]
     assert mark.marker.symbol == "x" and "exceeded" in mark.hovertemplate
@@ -66,18 +79,26 @@ def test_report_page_is_self_contained_and_small(tiny_run: TinyRun, tmp_path: Pa
     assert page.count("<script") == 1 + len(STAGES)  # plotly.js once, then one per figure
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)  # no fetches
     d = tiny_run.result.decisions
-    for text in [f"batch size {d['batch_size']['batch_size']}",
-                 f"weight decay {d['weight_decay']['weight_decay']:g}",
-                 f"{100 * d['final']['test_accuracy']:.2f}%", "Study configuration",
-                 "Environment", "torch"]:
+    for text in [f"batch size {d['batch_size'].batch_size}",
+                 f"weight decay {d['weight_decay'].weight_decay:g}",
+                 f"{100 * d['final'].accuracy:.2f}%", "Study configuration",
+                 "Environment", "torch", *(st.title for st in STAGES)]:
         assert text in page, text
 
 
 def test_report_of_a_run_cut_short(tmp_path: Path) -> None:
-    storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    open_study(storage, "r", "lr_range")
-    page = render_html(load_run(storage))
+    run = start_run(tmp_path)  # the first stage's study exists, nothing ran
+    page = render_html(load_run(run))
     assert "not started" in page and 'class="plotly-graph-div"' not in page
+    assert "not recorded" in page  # the run recorded no environment: none is made up
+
+
+def test_report_goes_beside_the_sqlite_file(tmp_path: Path) -> None:
+    run = start_run(tmp_path, "my run/1")
+    assert safe_filename("my run/1") == "my_run_1" and safe_filename("..") == "run"
+    assert default_report_path(run.url, run.name) == tmp_path / "reports" / "my_run_1.html"
+    path = write_report(Run.find(run.url))
+    assert path == tmp_path / "reports" / "my_run_1.html" and path.is_file()
 
 
 def test_cli_report_and_csv(tiny_run: TinyRun, tmp_path: Path,
@@ -95,11 +116,13 @@ def test_cli_report_errors_are_one_line(tiny_run: TinyRun, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--storage", tiny_run.url, "--run", "nope"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "tuner: error: no run 'nope' in the storage; runs: tiny."
-    missing = tmp_path / "missing.db"
+    assert err == (f"tuner: error: no run 'nope' in storage '{tiny_run.url}'; runs there: "
+                   f"tiny.")
+    missing = tmp_path / "missing" / "missing.db"
     assert main(["report", "--storage", f"sqlite:///{missing}"]) == 2
-    assert "no such database file" in capsys.readouterr().err
-    assert not missing.exists()
+    err = capsys.readouterr().err.strip()
+    assert "no such database file" in err and str(missing) in err and "\n" not in err
+    assert not missing.parent.exists()
 
 
 def test_end_of_run_summary_says_where_the_report_is(
@@ -144,7 +167,7 @@ def test_report_draws_every_figure_in_headless_chromium(tiny_run: TinyRun, tmp_p
     console = [line for line in dump.stderr.splitlines() if ":CONSOLE" in line]
     assert not [line for line in console if "Uncaught" in line or "Error" in line], console
     assert re.search(r"<title>(.*?)</title>", dom).group(1) == "tuner report: tiny"
-    for stage in STAGES:  # each figure's div now holds the SVG plotly drew into it
+    for stage in NAMES:  # each figure's div now holds the SVG plotly drew into it
         start = dom.index(f'id="fig-{stage}"')
         end = dom.find('id="fig-', start + 1)
         assert 'class="main-svg"' in dom[start:end if end > 0 else None], stage

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from tuner.config import MomentumConfig
+from tuner.dashboard import make_dashboard_server
+from tuner.report import write_report
 from tuner.report_data import (
     downsample,
     get_range_test_info,
@@ -29,7 +30,8 @@ from tuner.stages.base import HParams
 from tuner.stages.final import FinalDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
-from tuner.storage import TOOL_ATTR, NoSuchRun, Run, RunConfigMismatch, open_storage
+from tuner.status import status_table
+from tuner.storage import TOOL_ATTR, NoSuchRun, Run, RunConfigMismatch, StorageError, open_storage
 from tuner.tables import trials_table, write_csv
 
 from .conftest import TinyRun, tiny_config
@@ -216,7 +218,7 @@ def test_range_test_that_diverged_marks_where_it_stopped(tmp_path: Path) -> None
 
 def test_a_run_cut_short_reports_what_it_has(tmp_path: Path) -> None:
     run = start_run(tmp_path)  # the first stage's study exists, nothing ran
-    info = load_run(run.url.replace("***", ""))
+    info = load_run(run)
     assert [s.status for s in info.stages] == ["started"] + ["not started"] * (len(STAGES) - 1)
     assert info.details == {} and info.range_test is info.final is info.refine is None
     assert info.grid("momentum") is None
@@ -294,10 +296,24 @@ def test_refine_info_is_none_when_the_refinement_was_off(tmp_path: Path) -> None
     assert get_refine_info(stage_study(start_run(tmp_path), "refine")) is None
 
 
-def test_stage_infos_are_frozen(tiny_run: TinyRun) -> None:
-    info = load_run(tiny_run.url)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        info.run = "other"  # type: ignore[misc]
+READ_ONLY = {
+    "status": lambda url: status_table(url),
+    "named status": lambda url: status_table(url, "r"),
+    "load_run": lambda url: load_run(url),
+    "trials_table": lambda url: trials_table(url),
+    "write_report": lambda url: write_report(url),
+    "dashboard": lambda url: make_dashboard_server(url, port=0),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(READ_ONLY))
+def test_readers_refuse_a_missing_sqlite_file_and_create_nothing(reader: str, tmp_path: Path
+                                                                 ) -> None:
+    path = tmp_path / "missing" / "x.db"
+    with pytest.raises(StorageError, match="no such database file") as info:
+        READ_ONLY[reader](f"sqlite:///{path}")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no folder, no file, no artifacts, no report
 
 
 READERS = ("tuner.status", "tuner.report", "tuner.report_data", "tuner.tables",

@@ -1,4 +1,5 @@
-"""The batch-size stage: a size that runs out of device memory is infeasible, not a crash."""
+"""The batch-size stage: equal-time budget, per-size LR ranges, the reference kept unless beaten
+by the margin, and a size that runs out of device memory is infeasible, not a crash."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import torch
 from optuna.trial import TrialState
 
 from tuner.config import BatchSizeConfig
+from tuner.context import Context, Workload
 from tuner.models import build_model
 from tuner.stages import batch_size as bs_stage
-from tuner.stages.common import Context, decide_grid
+from tuner.stages.batch_size import BatchSizeDecision, planned_steps
+from tuner.stages.grid import decide_grid
+from tuner.stages.lr_range import RangeDecision
+from tuner.stages.momentum import MomentumDecision
+from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.storage import open_storage
 
 from .conftest import tiny_config
@@ -28,20 +34,22 @@ def one_thread() -> object:
 
 
 DECISIONS = {
-    "lr_range": {"min_lr": 0.02, "max_lr": 0.2},
-    "momentum": {"max_momentum": 0.9, "min_momentum": 0.85},
-    "weight_decay": {"weight_decay": 1e-4},
+    "lr_range": RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=64, why="test"),
+    "momentum": MomentumDecision(max_momentum=0.9, min_momentum=0.85, why="test"),
+    "weight_decay": WeightDecayDecision(weight_decay=1e-4, why="test"),
 }
+# Where the stage's throughput measurement (Context.steps_per_second) trains.
+MEASURE_THROUGHPUT = "tuner.context.measure_throughput"
 
 
 def context(tmp_path: Path, splits, sizes: tuple[int, ...]) -> tuple[Context, optuna.Study]:  # noqa: ANN001
     cfg = tiny_config(batch_size=BatchSizeConfig(values=sizes, budget_s=0.2,
                                                  range_test_iters=300, reports=2))
     storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    ctx = Context(cfg, splits, lambda: build_model("mnist1d_cnn", 10), torch.device("cpu"),
-                  storage, "oom", dict(DECISIONS))
+    workload = Workload(splits, lambda: build_model("mnist1d_cnn", 10), torch.device("cpu"))
+    ctx = Context(cfg, workload, storage, "oom", dict(DECISIONS))
     study = optuna.create_study(storage=storage, study_name="oom/batch_size",
-                                pruner=bs_stage.pruner(ctx))
+                                pruner=ctx.pruner(bs_stage.STAGE.reports(ctx)))
     return ctx, study
 
 
@@ -52,18 +60,21 @@ def context(tmp_path: Path, splits, sizes: tuple[int, ...]) -> tuple[Context, op
 def test_out_of_memory_size_is_marked_infeasible_and_skipped(
         tmp_path: Path, mnist1d_splits, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
         caplog: pytest.LogCaptureFixture, error: Exception) -> None:
-    real = bs_stage.measure_throughput
+    import tuner.context
+
+    real = tuner.context.measure_throughput
 
     def oom_at_128(model, optimizer, data, batch_size, **kw):  # noqa: ANN001, ANN003, ANN202
         if batch_size == 128:
             raise error
         return real(model, optimizer, data, batch_size, **kw)
 
-    monkeypatch.setattr(bs_stage, "measure_throughput", oom_at_128)
+    monkeypatch.setattr(MEASURE_THROUGHPUT, oom_at_128)
     ctx, study = context(tmp_path, mnist1d_splits, (64, 128))
     decision = bs_stage.run(ctx, study)
-    assert decision["batch_size"] == 64
-    assert "out of memory" in decision["why"]
+    assert isinstance(decision, BatchSizeDecision)
+    assert decision.batch_size == 64
+    assert "out of memory" in decision.why
     (big,) = [t for t in study.trials if t.params["batch_size"] == 128]
     assert big.state == TrialState.PRUNED
     assert "does not fit in memory" in big.user_attrs["infeasible"]
@@ -75,7 +86,7 @@ def test_other_errors_are_not_swallowed(tmp_path: Path, mnist1d_splits,  # noqa:
     def broken(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(bs_stage, "measure_throughput", broken)
+    monkeypatch.setattr(MEASURE_THROUGHPUT, broken)
     ctx, study = context(tmp_path, mnist1d_splits, (64, 128))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         bs_stage.run(ctx, study)
@@ -86,14 +97,15 @@ def test_the_reference_size_alone_is_decided_without_runs(tmp_path: Path, mnist1
     def no_training(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a single candidate was trained")
 
-    monkeypatch.setattr(bs_stage, "measure_throughput", no_training)
-    monkeypatch.setattr(bs_stage, "one_cycle_run", no_training)
+    monkeypatch.setattr(MEASURE_THROUGHPUT, no_training)
+    monkeypatch.setattr(Context, "one_cycle_run", no_training)
+    monkeypatch.setattr(Context, "range_tests", no_training)
     ctx, study = context(tmp_path, mnist1d_splits, (64,))  # 64 is the reference size
     decision = bs_stage.run(ctx, study)
-    assert decision["batch_size"] == 64
-    assert (decision["min_lr"], decision["max_lr"]) == (0.02, 0.2)  # stage 1's range
-    assert decision["final_epochs"] == ctx.config.final.epochs
-    assert "only candidate" in decision["why"]
+    assert decision.batch_size == 64
+    assert (decision.min_lr, decision.max_lr) == (0.02, 0.2)  # stage 1's range
+    assert decision.final_epochs == ctx.config.final.epochs
+    assert "only candidate" in decision.why
     assert study.trials == []
 
 
@@ -102,13 +114,15 @@ def test_default_budget_is_measured_once_and_stored(tmp_path: Path, mnist1d_spli
     ctx, study = context(tmp_path, mnist1d_splits, (64,))
     ctx.config = tiny_config(batch_size=BatchSizeConfig(values=(64,), budget_s=0.0))
     calls: list[int] = []
-    real = bs_stage.measure_throughput
+    import tuner.context
+
+    real = tuner.context.measure_throughput
 
     def counted(model, optimizer, data, batch_size, **kw):  # noqa: ANN001, ANN003, ANN202
         calls.append(batch_size)
         return real(model, optimizer, data, batch_size, **kw)
 
-    monkeypatch.setattr(bs_stage, "measure_throughput", counted)
+    monkeypatch.setattr(MEASURE_THROUGHPUT, counted)
     budget, samples_per_s = bs_stage.resolve_budget(ctx, study)
     assert calls == [ctx.config.train.batch_size]
     bs = ctx.config.train.batch_size
@@ -148,14 +162,15 @@ def test_decision_gives_the_final_epochs_of_equal_time(tmp_path: Path, mnist1d_s
     (trial,) = study.trials
     rate = trial.user_attrs["steps_per_second"] * 128
     reference = study.user_attrs[bs_stage.THROUGHPUT_ATTR]
-    assert decision["final_epochs"] == round(ctx.config.final.epochs * rate / reference)
-    assert f"{decision['final_epochs']} epochs of batch size 128" in decision["why"]
+    assert decision.final_epochs == round(ctx.config.final.epochs * rate / reference)
+    assert f"{decision.final_epochs} epochs of batch size 128" in decision.why
+    assert decision.budget_s == 0.2
 
 
 def test_reference_size_reuses_stage_one_range(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
     ctx, study = context(tmp_path, mnist1d_splits, (64, 128))
     assert ctx.config.train.batch_size == 64
-    ctx.decisions["lr_range"] = {"min_lr": 0.02, "max_lr": 0.2, "batch_size": 64}
+    ctx.decisions["lr_range"] = RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=64, why="test")
     bs_stage.run(ctx, study)
     by_size = {t.params["batch_size"]: t for t in study.trials}
     assert "range_curve" not in by_size[64].user_attrs  # stage 1's test, not run again
@@ -175,7 +190,8 @@ def test_cap_range_applies_linear_scaling_to_larger_sizes_only() -> None:
 def test_a_larger_size_gets_at_most_the_linearly_scaled_lr(tmp_path: Path,  # noqa: ANN001
                                                            mnist1d_splits) -> None:
     ctx, study = context(tmp_path, mnist1d_splits, (128,))
-    ctx.decisions["lr_range"] = {"min_lr": 0.001, "max_lr": 0.01, "batch_size": 64}
+    ctx.decisions["lr_range"] = RangeDecision(min_lr=0.001, max_lr=0.01, batch_size=64,
+                                              why="test")
     bs_stage.run(ctx, study)
     (trial,) = study.trials
     assert trial.user_attrs["range_test_max_lr"] > 0.02  # its own test reached further ...
@@ -206,3 +222,36 @@ def test_another_size_must_beat_the_reference_by_the_margin(loss_128: float, kep
     decided = bs_stage.keep_reference(choice, trials, 32, 0.1)  # 128 needs < 0.18
     assert decided.value == kept
     assert ("within 10%" in decided.why) == (kept == 32)
+
+
+@pytest.mark.parametrize(
+    ("budget_s", "steps_per_s", "expected"),
+    [(6.0, 10.0, 60), (1.0, 2.9, 2), (2.5, 100.0, 250), (0.01, 1.0, 1), (0.0, 50.0, 1)],
+)
+def test_planned_steps(budget_s: float, steps_per_s: float, expected: int) -> None:
+    steps = planned_steps(budget_s, steps_per_s)
+    assert isinstance(steps, int)
+    assert steps == expected
+
+
+def test_planned_steps_grows_with_budget_and_throughput() -> None:
+    assert planned_steps(6.0, 20.0) == 2 * planned_steps(6.0, 10.0)
+    assert planned_steps(12.0, 10.0) == 2 * planned_steps(6.0, 10.0)
+
+
+def test_linear_cap_scales_with_the_size_ratio() -> None:
+    assert bs_stage.linear_cap(0.1, 128, 32) == pytest.approx(0.4)
+    assert bs_stage.linear_cap(0.1, 16, 32) == pytest.approx(0.05)
+
+
+def test_candidates_are_the_sizes_that_fit_in_the_training_split() -> None:
+    cfg = tiny_config(batch_size=BatchSizeConfig(values=(64, 128, 4096)))
+    assert bs_stage.candidates(cfg, 3000) == [64, 128]
+
+
+def test_stage_one_range_is_reused_only_at_its_size_and_length() -> None:
+    cfg = tiny_config()  # reference 64; both range tests 300 iterations
+    assert bs_stage.reuses_stage1(cfg, 64)
+    assert not bs_stage.reuses_stage1(cfg, 128)
+    longer = tiny_config(batch_size=BatchSizeConfig(values=(64, 128), range_test_iters=500))
+    assert not bs_stage.reuses_stage1(longer, 64)

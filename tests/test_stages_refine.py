@@ -11,18 +11,25 @@ import torch
 from optuna.trial import TrialState
 
 from tuner.config import RefineConfig
+from tuner.context import Context, Workload
 from tuner.models import build_model
 from tuner.stages import refine
-from tuner.stages.common import Context
+from tuner.stages.base import HParams
+from tuner.stages.batch_size import BatchSizeDecision
+from tuner.stages.lr_range import RangeDecision
+from tuner.stages.momentum import MomentumDecision
+from tuner.stages.refine import RefineDecision
+from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.storage import open_storage
 
 from .conftest import tiny_config
 
 DECISIONS = {
-    "lr_range": {"min_lr": 0.02, "max_lr": 0.2, "batch_size": 64, "seconds": 1.0},
-    "momentum": {"max_momentum": 0.9, "min_momentum": 0.85, "seconds": 1.0},
-    "weight_decay": {"weight_decay": 1e-4, "seconds": 1.0},
-    "batch_size": {"batch_size": 64, "min_lr": 0.015, "max_lr": 0.15, "seconds": 1.0},
+    "lr_range": RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=64, why="test", seconds=1.0),
+    "momentum": MomentumDecision(max_momentum=0.9, min_momentum=0.85, why="test", seconds=1.0),
+    "weight_decay": WeightDecayDecision(weight_decay=1e-4, why="test", seconds=1.0),
+    "batch_size": BatchSizeDecision(batch_size=64, min_lr=0.015, max_lr=0.15, final_epochs=3,
+                                    why="test", seconds=1.0),
 }
 
 
@@ -40,10 +47,10 @@ def test_neighbours_of_zero_weight_decay() -> None:
 def context(tmp_path: Path, splits, total_s: float) -> tuple[Context, optuna.Study]:  # noqa: ANN001
     cfg = tiny_config(refine=RefineConfig(total_s=total_s, lr_factor=2.0))
     storage = open_storage(f"sqlite:///{tmp_path}/t.db")
-    ctx = Context(cfg, splits, lambda: build_model("mnist1d_cnn", 10), torch.device("cpu"),
-                  storage, "r", {k: dict(v) for k, v in DECISIONS.items()})
+    workload = Workload(splits, lambda: build_model("mnist1d_cnn", 10), torch.device("cpu"))
+    ctx = Context(cfg, workload, storage, "r", dict(DECISIONS))
     study = optuna.create_study(storage=storage, study_name="r/refine",
-                                pruner=refine.pruner(ctx))
+                                pruner=ctx.pruner(refine.STAGE.reports(ctx)))
     return ctx, study
 
 
@@ -59,14 +66,16 @@ def test_off_by_default_passes_the_staged_values_through(tmp_path: Path,  # noqa
                                                           mnist1d_splits) -> None:
     ctx, study = context(tmp_path, mnist1d_splits, 0.0)
     decision = refine.run(ctx, study)
-    assert {k: decision[k] for k in refine.staged(ctx)} == refine.staged(ctx)
-    assert "no refinement" in decision["why"]
+    assert isinstance(decision, RefineDecision)
+    assert decision.values == decision.staged == refine.staged(ctx)
+    assert refine.staged(ctx) == HParams(0.015, 0.15, 0.9, 0.85, 1e-4, 64)
+    assert "no refinement" in decision.why
     assert study.trials == []
 
 
 def test_no_time_left_skips(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
     ctx, study = context(tmp_path, mnist1d_splits, 3.0)  # stages 1-4 already took 4 s
-    assert "no refinement" in refine.run(ctx, study)["why"]
+    assert "no refinement" in refine.run(ctx, study).why
     assert study.trials == []
 
 
@@ -90,13 +99,14 @@ def test_refines_within_the_budget_starting_from_the_staged_values(
     best = min((t for t in search if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     reruns = [t for t in trials if t.user_attrs.get("repeat") == 1]
     if best.number == first.number:
-        assert reruns == [] and decision["max_lr"] == 0.15
+        assert reruns == [] and decision.values.max_lr == 0.15
     else:  # the winner and the staged values were each rerun once from the next seed
         assert sorted(t.params["max_lr"] for t in reruns) == sorted(
             [best.params["max_lr"], first.params["max_lr"]])
-        assert decision["max_lr"] in (best.params["max_lr"], 0.15)
-    assert decision["min_lr"] == pytest.approx(decision["max_lr"] / 10)
-    assert decision["batch_size"] == 64
+        assert decision.values.max_lr in (best.params["max_lr"], 0.15)
+    assert decision.values.min_lr == pytest.approx(decision.values.max_lr / 10)
+    assert decision.values.batch_size == 64
+    assert decision.staged == refine.staged(ctx) and decision.trials == len(trials)
 
 
 FLOAT = optuna.distributions.FloatDistribution(0.01, 1.0, log=True)
@@ -115,8 +125,8 @@ def trials_of(*rows: tuple[float, float | None, int]) -> list[optuna.trial.Froze
     return study.get_trials()
 
 
-BASE = {"min_lr": 0.015, "max_lr": 0.15, "max_momentum": 0.9, "min_momentum": 0.85,
-        "weight_decay": 1e-4, "batch_size": 64}
+BASE = HParams(min_lr=0.015, max_lr=0.15, max_momentum=0.9, min_momentum=0.85,
+               weight_decay=1e-4, batch_size=64)
 
 
 def test_contenders_only_when_a_trial_beats_the_staged_one() -> None:
@@ -131,32 +141,34 @@ def test_a_one_seed_win_that_does_not_hold_keeps_the_staged_values() -> None:
     # 0.3 won from seed 0 (0.15 < 0.20) but not over two seeds: (0.15 + 0.35) / 2 > 0.20.
     trials = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.15, 0.20, 1), (0.3, 0.35, 1))
     decision = refine.decide(trials, BASE, 10.0, 5.0)
-    assert decision["max_lr"] == 0.15 and "over two seeds" in decision["why"]
+    assert decision.values == BASE and "over two seeds" in decision.why
 
 
 def test_a_win_confirmed_on_the_second_seed_replaces_the_staged_values() -> None:
     trials = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.15, 0.22, 1), (0.3, 0.17, 1))
     decision = refine.decide(trials, BASE, 10.0, 5.0)
-    assert decision["max_lr"] == 0.3 and decision["min_lr"] == pytest.approx(0.03)
-    assert decision["staged"] == BASE and "0.16 over two seeds" in decision["why"]
+    assert decision.values.max_lr == 0.3 and decision.values.min_lr == pytest.approx(0.03)
+    assert decision.values == dataclasses.replace(BASE, min_lr=decision.values.min_lr,
+                                                  max_lr=0.3)
+    assert decision.staged == BASE and "0.16 over two seeds" in decision.why
 
 
 def test_a_diverged_or_missing_confirmation_keeps_the_staged_values() -> None:
     diverged = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.15, 0.22, 1), (0.3, None, 1))
-    assert refine.decide(diverged, BASE, 10.0, 5.0)["max_lr"] == 0.15
+    assert refine.decide(diverged, BASE, 10.0, 5.0).values.max_lr == 0.15
     missing = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0))
     decision = refine.decide(missing, BASE, 10.0, 5.0)
-    assert decision["max_lr"] == 0.15 and "not confirmed" in decision["why"]
+    assert decision.values.max_lr == 0.15 and "not confirmed" in decision.why
 
 
 def test_decide_keeps_staged_values_when_nothing_completes() -> None:
     study = optuna.create_study()
     trial = study.ask({"max_lr": optuna.distributions.FloatDistribution(0.1, 0.4, log=True)})
     study.tell(trial, state=TrialState.PRUNED)
-    base = refine.staged(Context(tiny_config(), None, None, None, None, "x",  # type: ignore[arg-type]
-                                 {k: dict(v) for k, v in DECISIONS.items()}))
+    base = refine.staged(Context(tiny_config(), None, None, "x",  # type: ignore[arg-type]
+                                 dict(DECISIONS)))
     decision = refine.decide(study.get_trials(), base, 10.0, 5.0)
-    assert decision["max_lr"] == 0.15 and "pruned or diverged" in decision["why"]
+    assert decision.values.max_lr == 0.15 and "pruned or diverged" in decision.why
 
 
 def test_a_trial_left_running_by_a_dead_worker_is_failed_not_waited_for(
@@ -174,4 +186,4 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_not_waited_for(
     decision = refine.run(ctx, study)
     states = [t.state for t in study.get_trials()]
     assert states[0] == TrialState.FAIL
-    assert TrialState.RUNNING not in states and decision["batch_size"] == 64
+    assert TrialState.RUNNING not in states and decision.values.batch_size == 64

@@ -1,24 +1,31 @@
-"""tuner.storage: opening storages safely, run names, and config differences."""
+"""tuner.storage: opening storages safely, run names, config differences and the Run handle."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 
+from tuner.config import StudyConfig
+from tuner.stages import NAMES, stage
+from tuner.stages.momentum import MomentumDecision
 from tuner.storage import (
-    STAGES,
+    DECISION_ATTR,
+    TOOL_ATTR,
+    NoSuchRun,
+    Run,
+    RunConfigMismatch,
     StorageError,
     config_differences,
     fresh_run_name,
-    get_decision,
     mask_url,
     open_storage,
     open_study,
+    read_decision,
     run_names,
-    set_decision,
     study_name,
 )
 
@@ -87,12 +94,15 @@ def test_open_storage_unreachable_postgres_fails_fast_and_masked() -> None:
 
 def test_open_study_is_idempotent_and_keeps_decisions(storage: optuna.storages.BaseStorage
                                                       ) -> None:
-    study = open_study(storage, "r", "momentum")
+    momentum = stage("momentum")
+    study = open_study(storage, "r", momentum)
     assert study.study_name == study_name("r", "momentum") == "r/momentum"
-    assert get_decision(study) is None
-    set_decision(study, {"max_momentum": 0.95, "why": "because"})
-    again = open_study(storage, "r", "momentum")
-    assert get_decision(again) == {"max_momentum": 0.95, "why": "because"}
+    assert study.metric_names == ["validation loss"]  # what optuna-dashboard shows
+    assert read_decision(momentum, study) is None
+    decision = MomentumDecision(max_momentum=0.95, min_momentum=0.85, why="because")
+    study.set_user_attr(DECISION_ATTR, decision.to_json())
+    again = open_study(storage, "r", momentum)
+    assert read_decision(momentum, again) == decision
 
 
 def test_run_names_in_creation_order(storage: optuna.storages.BaseStorage) -> None:
@@ -111,7 +121,7 @@ def test_run_names_empty(storage: optuna.storages.BaseStorage) -> None:
 
 def test_fresh_run_name(storage: optuna.storages.BaseStorage) -> None:
     assert fresh_run_name(storage, "r") == "r"
-    add_study(storage, f"r/{STAGES[0]}")
+    add_study(storage, f"r/{NAMES[0]}")
     assert fresh_run_name(storage, "r") == "r-2"
     add_study(storage, "r-2/final")
     assert fresh_run_name(storage, "r") == "r-3"
@@ -146,3 +156,58 @@ def test_config_differences_added_and_removed_keys() -> None:
     assert config_differences({"a": 1, "t": {"x": 1}}, {"b": 2, "t": {"x": 1, "y": 2}}) == [
         "a", "b", "t.y"]
     assert config_differences({"t": {"x": 1}}, {"t": 3}) == ["t"]
+
+
+# --- the Run handle -------------------------------------------------------------------------
+
+
+def test_read_only_opening_creates_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/typo/dir/x.db"
+    for read in (lambda: open_storage(url, create=False), lambda: Run.find(url)):
+        with pytest.raises(StorageError, match="no such database file") as info:
+            read()
+        assert str(tmp_path / "typo" / "dir" / "x.db") in str(info.value)
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_run_start_records_the_settings_and_find_resolves_the_newest(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    with pytest.raises(NoSuchRun, match="holds no tuner run"):
+        Run.find(url, create=True)
+    first = Run.start(url, StudyConfig(name="a"))
+    second = Run.start(url, StudyConfig(name="b"))
+    assert (first.name, second.name) == ("a", "b")
+    assert Run.find(url).name == "b"
+    assert Run.find(url, "a").config() == StudyConfig(name="a")
+    assert Run.start(url, StudyConfig(name="a"), fresh=True).name == "a-2"
+    with pytest.raises(NoSuchRun, match="no run 'c'.*runs there: a, b, a-2"):
+        Run.find(url, "c")
+    assert Run.find(url, "a").decisions() == {}
+
+
+def test_run_start_refuses_other_settings_and_other_schemas(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    run = Run.start(url, StudyConfig(name="a"))
+    with pytest.raises(RunConfigMismatch, match=r"other settings \(train.batch_size\)"):
+        Run.start(url, StudyConfig(name="a", train=dataclasses.replace(
+            StudyConfig().train, batch_size=64)))
+    optuna.load_study(study_name="a/lr_range", storage=url).set_user_attr(
+        TOOL_ATTR, {"version": "0.0.1", "schema": 2})
+    for again in (lambda: Run.start(url, StudyConfig(name="a")), lambda: Run.find(url, "a")):
+        with pytest.raises(RunConfigMismatch, match="schema 2.*cannot read or resume") as info:
+            again()
+        assert "\n" not in str(info.value)
+    assert run.name == "a"
+
+
+def test_record_keeps_the_first_workers_decision(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    run = Run.start(url, StudyConfig(name="a"))
+    momentum = stage("momentum")
+    study = run.study(momentum)
+    first = MomentumDecision(max_momentum=0.95, min_momentum=0.85, why="first")
+    second = MomentumDecision(max_momentum=0.9, min_momentum=0.85, why="second")
+    assert run.record(momentum, study, first) == first
+    assert run.record(momentum, study, second) == first
+    assert run.decisions() == {"momentum": first}

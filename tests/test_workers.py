@@ -16,9 +16,17 @@ import sqlalchemy
 
 from tuner.cli import main
 from tuner.locks import storage_lock
-from tuner.pipeline import RunConfigMismatch, RunNotFound, join
+from tuner.pipeline import join
+from tuner.stages import NAMES
 from tuner.status import status_table
-from tuner.storage import STAGES, TOOL_ATTR, StorageError, open_storage, study_name
+from tuner.storage import (
+    TOOL_ATTR,
+    NoSuchRun,
+    RunConfigMismatch,
+    StorageError,
+    open_storage,
+    study_name,
+)
 from tuner.trials import enqueue_pending
 from tuner.workers import threads_per_worker
 
@@ -33,7 +41,7 @@ from .killing import (
 )
 
 # The stages that run a grid (the refinement is off in these runs: it has no trials).
-GRID_STAGES = [s for s in STAGES if s != "refine"]
+GRID_STAGES = [s for s in NAMES if s != "refine"]
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PASSWORD = "hunter2"  # a made-up one, to check that it is masked
@@ -193,7 +201,7 @@ def test_three_workers_on_postgresql_survive_a_sigkilled_worker(tmp_path: Path,
     point = tuple(sorted(killed.system_attrs["fixed_params"].items()))
 
     in_progress = status_table(pg_url, "tiny")
-    assert list(in_progress["stage"]) == list(STAGES)
+    assert list(in_progress["stage"]) == list(NAMES)
 
     out, err = main_proc.communicate(timeout=400)
     assert main_proc.returncode == 0, err
@@ -211,7 +219,7 @@ def test_three_workers_on_postgresql_survive_a_sigkilled_worker(tmp_path: Path,
     # every worker took the same decisions: one record per stage, and the workers' studies
     # all moved on from it
     finished = status_table(pg_url, "tiny")
-    assert list(finished["state"]) == ["done"] * len(STAGES)
+    assert list(finished["state"]) == ["done"] * len(NAMES)
     assert finished.loc[finished.stage == "final", "decision"].item().startswith(
         "test accuracy")
 
@@ -233,10 +241,14 @@ def test_status_command_prints_the_table(tmp_path: Path, mnist1d_splits,
 
 def test_worker_joining_a_missing_run_says_so(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/t.db"
-    with pytest.raises(RunNotFound, match="no run to join"):
+    with pytest.raises(StorageError, match="no such database file"):
+        join(url)  # a worker does not create the storage
+    open_storage(url)
+    with pytest.raises(NoSuchRun, match="holds no tuner run.*joins a run"):
         join(url)
-    optuna.create_study(storage=url, study_name="other/lr_range").set_user_attr("config", {})
-    with pytest.raises(RunNotFound, match="'nope' does not exist.*runs there: other"):
+    optuna.create_study(storage=url, study_name="other/lr_range").set_user_attr(
+        TOOL_ATTR, {"schema": 3})
+    with pytest.raises(NoSuchRun, match="no run 'nope'.*runs there: other"):
         join(url, "nope")
 
 
@@ -265,5 +277,5 @@ def test_run_stored_by_another_version_is_refused(tmp_path: Path, mnist1d_splits
     tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
     study = optuna.load_study(study_name="tiny/lr_range", storage=url)
     study.set_user_attr(TOOL_ATTR, {"version": "9.0.0", "schema": 99})
-    with pytest.raises(RunConfigMismatch, match="tuner 9.0.0.*cannot resume.*--fresh"):
+    with pytest.raises(RunConfigMismatch, match="tuner 9.0.0.*cannot read or resume.*--fresh"):
         tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)

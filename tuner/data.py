@@ -218,10 +218,6 @@ def eval_batches(data: Data, batch_size: int) -> Iterator[Batch]:
         yield data.x[i:i + batch_size], data.y[i:i + batch_size]
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return n // batch_size
-
-
 def split_validation(data: Data, val_fraction: float, seed: int) -> tuple[Data, Data]:
     """Split ``data`` into (train, val) with a fixed-seed permutation."""
     n_val = round(len(data) * val_fraction)

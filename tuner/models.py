@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner.config import ConfigError, ModelConfig
+from tuner.text import first_line
 
 
 def mnist1d_cnn(num_classes: int = 10) -> nn.Module:
@@ -144,11 +145,6 @@ MODELS: dict[str, ModelFactory] = {
 }
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def resolve_model(cfg: ModelConfig) -> ModelFactory:
     """The factory ``cfg.name`` names; a ``module:factory`` is imported (with ``cfg.path`` on
     ``sys.path``). Raises ``ConfigError`` with one line naming the key when it cannot."""
@@ -169,7 +165,7 @@ def resolve_model(cfg: ModelConfig) -> ModelFactory:
     except Exception as exc:  # noqa: BLE001 -- any error while importing user code
         where = f" (looked in model.path={cfg.path!r} and sys.path)" if cfg.path else ""
         raise ConfigError(f"model.name={name!r}: cannot import module {module_name!r}{where}: "
-                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+                          f"{type(exc).__name__}: {first_line(exc)}") from None
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -205,7 +201,7 @@ def _build(factory: ModelFactory, kwargs: dict[str, Any], name: str) -> nn.Modul
         model = factory(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"model.name={name!r} does not accept model.kwargs={kwargs!r}: "
-                          f"{_first_line(exc)}") from None
+                          f"{first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name={name!r} must return a torch.nn.Module, but got "
                           f"{type(model).__name__}.")

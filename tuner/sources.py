@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tuner.config import ConfigError, DataConfig
+from tuner.text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ class Arrays:
 
 Split = Arrays | Dataset
 SourcePair = tuple[Split, Split | None]  # (train, test or None)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-# --- layout -------------------------------------------------------------------------------
 
 
 def channels_first(x: np.ndarray | torch.Tensor, origin: str, key: str = "x") -> torch.Tensor:
