@@ -33,6 +33,7 @@ from bench._mnist1d import Choice, splits, test_accuracy, train_one_cycle
 from tuner.config import StudyConfig, TrainConfig
 from tuner.data import concat
 from tuner.models import mnist1d_cnn
+from tuner.stages import NAMES
 from tuner.train import Diverged, evaluate, make_sgd, measure_throughput
 
 MOMENTA = [0.9, 0.95, 0.97, 0.99]
@@ -51,9 +52,9 @@ def run_pipeline(budget_s: float, seed: int, data) -> tuple[Choice, float, int]:
         t0 = time.perf_counter()
         result = tuner.run(cfg, storage=url, splits=data, budget_s=budget_s)
         # Tuning time: everything but the final training (the planning's measurements count).
-        seconds = time.perf_counter() - t0 - result.decisions["final"]["seconds"]
+        seconds = time.perf_counter() - t0 - result.final.seconds
         trials = sum(len(optuna.load_study(study_name=f"{result.run}/{s}", storage=url).trials)
-                     for s in ("lr_range", "momentum", "weight_decay", "batch_size", "refine"))
+                     for s in NAMES if s != "final")
     choice = Choice(result.max_lr, result.momentum, result.weight_decay, result.batch_size,
                     result.min_lr)
     return choice, seconds, trials

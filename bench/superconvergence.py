@@ -23,6 +23,8 @@ import tuner
 from bench._mnist1d import Choice, splits, test_accuracy
 from tuner.data import concat
 from tuner.models import mnist1d_cnn
+from tuner.stages.final import FinalDecision
+from tuner.storage import Run, StorageError
 from tuner.train import evaluate
 
 
@@ -46,14 +48,15 @@ def published_recipe(data, seed: int, epochs: int = 150, batch_size: int = 100, 
 
 def chosen(storage: str, run: str) -> Choice:
     try:
-        study = optuna.load_study(study_name=f"{run}/final", storage=storage)
-        d = study.user_attrs["decision"]
-    except (KeyError, ValueError):
+        final = Run.find(storage, run).decisions().get("final")
+    except StorageError:
+        final = None
+    if not isinstance(final, FinalDecision):
         print(f"no finished run {run!r} in {storage}; running the default study first", flush=True)
-        result = tuner.run(tuner.load_study("studies/mnist1d_cnn.toml"), storage=storage,
-                           run_name=run)
-        d = result.decisions["final"]
-    return Choice(d["lr_max"], d["mom_max"], d["weight_decay"], d["batch_size"], d["lr_min"])
+        final = tuner.run(tuner.load_study("studies/mnist1d_cnn.toml"), storage=storage,
+                          run_name=run).final
+    v = final.values
+    return Choice(v.max_lr, v.max_momentum, v.weight_decay, v.batch_size, v.min_lr)
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ import pytest
 from optuna.trial import Trial, TrialState
 
 import tuner
-import tuner.stages
+import tuner.budget  # the modules that import the registry by name: loaded before it is replaced
+import tuner.pipeline
+import tuner.storage
 from tuner.stages import NAMES, STAGES, stage
 from tuner.stages.base import Decision, HParams, Stage, epoch_steps, find
 from tuner.stages.batch_size import BatchSizeDecision
@@ -186,17 +188,13 @@ def register(monkeypatch: pytest.MonkeyPatch, stages: tuple[Stage, ...]) -> list
 
 def test_a_new_stage_needs_only_its_module_and_the_registry(
         tmp_path: Path, mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    import tuner.budget
-    import tuner.pipeline
-    import tuner.storage
-
     order = [s.name for s in STAGES]
     at = order.index("batch_size") + 1
     stages = (*STAGES[:at], PROBE, *STAGES[at:])
     patched = register(monkeypatch, stages)
     for module in ("tuner.stages", "tuner.pipeline", "tuner.storage", "tuner.budget"):
         assert f"{module}.STAGES" in patched
-    assert tuner.stages.stage("probe") is PROBE
+    assert stage("probe") is PROBE
 
     url = f"sqlite:///{tmp_path}/t.db"
     cfg = tiny_config(batch_size=dataclasses.replace(tiny_config().batch_size, values=(64,)))

@@ -105,14 +105,14 @@ def _end_of_run_report(storage: str, run: str, path: Path | None) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from tuner.report import write_report
-    from tuner.report_data import open_existing_storage, resolve_run, write_csv
+    from tuner.storage import Run
+    from tuner.tables import write_csv
 
-    storage = open_existing_storage(_storage_arg(args.storage))
-    run = resolve_run(storage, args.run)
-    path = write_report(storage, run, args.output)
-    print(f"report of run {run!r}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    handle = Run.find(_storage_arg(args.storage), args.run)
+    path = write_report(handle, path=args.output)
+    print(f"report of run {handle.name!r}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if args.csv is not None:
-        for table in write_csv(storage, run, args.csv):
+        for table in write_csv(handle, None, args.csv):
             print(f"table: {table}")
     return 0
 

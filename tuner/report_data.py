@@ -24,7 +24,7 @@ from tuner.lr_range import ema
 from tuner.schedules import one_cycle
 from tuner.stages import STAGES, Decision, Stage, final, lr_range, refine, stage
 from tuner.stages.base import HParams
-from tuner.stages.batch_size import BUDGET_ATTR
+from tuner.stages.batch_size import BUDGET_ATTR, BatchSizeDecision
 from tuner.stages.final import FinalDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.refine import REPEAT_ATTR, RefineDecision
@@ -293,7 +293,7 @@ def get_grid_stage_info(study: optuna.Study, which: Stage | str,
 def _budget(study: optuna.Study, decision: Decision | None, section: Any) -> float | None:
     """Training seconds per candidate of a stage compared at equal time (else None): the
     decision's, else the one measured and stored in the study, else the configured one."""
-    decided = getattr(decision, "budget_s", None)
+    decided = decision.budget_s if isinstance(decision, BatchSizeDecision) else None
     value = decided or study.user_attrs.get(BUDGET_ATTR) or getattr(section, "budget_s", 0.0)
     return float(value) if value else None
 

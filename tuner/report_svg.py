@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from html import escape
 
 from tuner.report_data import RangeTestInfo, downsample, loss_window
@@ -45,76 +46,96 @@ def _polyline(xs: Sequence[float], ys: Sequence[float | None], sx: Callable[[flo
     return "".join(parts)
 
 
-def range_test_svg(info: RangeTestInfo, title: str | None = None) -> str:
-    """The range test figure as an SVG document."""
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    xs_all = info.lrs or info.val_lrs or [1e-3, 1.0]
-    tx: Callable[[float], float] = math.log10 if info.log_lr else float
-    x0, x1 = tx(min(xs_all)), tx(max(xs_all))
-    x1 = x1 if x1 > x0 else x0 + 1
-    lo, hi = loss_window(info)
+@dataclass(frozen=True)
+class _Frame:
+    """The plot area: LR (log or linear) across, loss (clipped to the window) up."""
 
-    def sx(lr: float) -> float:
-        return LEFT + (tx(lr) - x0) / (x1 - x0) * plot_w
+    log: bool
+    x0: float
+    x1: float
+    lo: float
+    hi: float
+    w: float = WIDTH - LEFT - RIGHT
+    h: float = HEIGHT - TOP - BOTTOM
 
-    def sy(loss: float) -> float:
-        return TOP + (1 - (min(max(loss, lo), hi) - lo) / (hi - lo)) * plot_h
+    @classmethod
+    def of(cls, info: RangeTestInfo) -> _Frame:
+        xs = info.lrs or info.val_lrs or [1e-3, 1.0]
+        tx = math.log10 if info.log_lr else float
+        x0, x1 = tx(min(xs)), tx(max(xs))
+        return cls(info.log_lr, x0, x1 if x1 > x0 else x0 + 1, *loss_window(info))
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
-           f'<defs><clipPath id="plot"><rect x="{LEFT}" y="{TOP}" width="{plot_w}" '
-           f'height="{plot_h}"/></clipPath></defs>',
-           f'<text x="{LEFT}" y="24" font-size="15">'
-           f'{escape(title or f"LR range test (batch size {info.batch_size})")}</text>']
-    # axes, grid and ticks
-    if info.log_lr:
-        ticks = [10.0 ** e for e in range(math.ceil(x0 - 1e-9), math.floor(x1 + 1e-9) + 1)]
+    def sx(self, lr: float) -> float:
+        x = math.log10(lr) if self.log else lr
+        return LEFT + (x - self.x0) / (self.x1 - self.x0) * self.w
+
+    def sy(self, loss: float) -> float:
+        return TOP + (1 - (min(max(loss, self.lo), self.hi) - self.lo) / (self.hi - self.lo)) \
+            * self.h
+
+
+def _axes(f: _Frame) -> list[str]:
+    """Grid lines, ticks, the frame and the axis titles."""
+    out = []
+    if f.log:
+        ticks = [10.0 ** e for e in range(math.ceil(f.x0 - 1e-9), math.floor(f.x1 + 1e-9) + 1)]
     else:
-        ticks = _nice_ticks(x0, x1)
+        ticks = _nice_ticks(f.x0, f.x1)
     for t in ticks:
-        x = sx(t)
-        out.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + plot_h}" '
-                   f'stroke="#e6e6e6"/><text x="{x:.1f}" y="{TOP + plot_h + 16}" '
+        x = f.sx(t)
+        out.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + f.h}" '
+                   f'stroke="#e6e6e6"/><text x="{x:.1f}" y="{TOP + f.h + 16}" '
                    f'text-anchor="middle">{t:g}</text>')
-    for t in _nice_ticks(lo, hi):
-        y = sy(t)
-        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" '
+    for t in _nice_ticks(f.lo, f.hi):
+        y = f.sy(t)
+        out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + f.w}" y2="{y:.1f}" '
                    f'stroke="#e6e6e6"/><text x="{LEFT - 6}" y="{y + 4:.1f}" '
                    f'text-anchor="end">{t:g}</text>')
-    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" '
+    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{f.w}" height="{f.h}" fill="none" '
                f'stroke="#999"/>')
-    out.append(f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle">learning '
-               f'rate{" (log scale)" if info.log_lr else ""}</text>')
-    out.append(f'<text transform="translate(16 {TOP + plot_h / 2}) rotate(-90)" '
+    out.append(f'<text x="{LEFT + f.w / 2}" y="{HEIGHT - 12}" text-anchor="middle">learning '
+               f'rate{" (log scale)" if f.log else ""}</text>')
+    out.append(f'<text transform="translate(16 {TOP + f.h / 2}) rotate(-90)" '
                f'text-anchor="middle">loss</text>')
-    legend: list[tuple[str, str, str]] = []  # (kind, color, text)
+    return out
+
+
+Legend = list[tuple[str, str, str]]  # (kind, color, text)
+
+
+def _plot(f: _Frame, info: RangeTestInfo) -> tuple[list[str], Legend]:
+    """The range, the curves, the suggestion rules and the stop, clipped to the plot area."""
+    legend: Legend = []
     body = ['<g clip-path="url(#plot)">']
     if info.min_lr is not None and info.max_lr is not None:
-        a, b = sx(info.min_lr), sx(info.max_lr)
-        body.append(f'<rect x="{a:.1f}" y="{TOP}" width="{b - a:.1f}" height="{plot_h}" '
+        a, b = f.sx(info.min_lr), f.sx(info.max_lr)
+        body.append(f'<rect x="{a:.1f}" y="{TOP}" width="{b - a:.1f}" height="{f.h}" '
                     f'fill="rgb(84,162,75)" fill-opacity="0.18"/>')
         legend.append(("box", "rgb(84,162,75)", f"range {info.min_lr:.3g} – {info.max_lr:.3g}"))
     x, y = downsample(info.lrs, info.train_smoothed, 300)
-    body.append(_polyline(x, y, sx, sy, TRAIN, 2))
+    body.append(_polyline(x, y, f.sx, f.sy, TRAIN, 2))
     legend.append(("line", TRAIN, "training loss (smoothed)"))
-    body.append(_polyline(info.val_lrs, info.val_losses, sx, sy, VAL, 2.5))
+    body.append(_polyline(info.val_lrs, info.val_losses, f.sx, f.sy, VAL, 2.5))
     legend.append(("line", VAL, "validation loss"))
     for (key, value), dash in zip(info.suggestions.items(), ("6 4", "2 3", "8 3 2 3"),
                                   strict=False):
-        x = sx(value)
-        body.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + plot_h}" '
+        x = f.sx(value)
+        body.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + f.h}" '
                     f'stroke="{RULE}" stroke-dasharray="{dash}"/>')
         legend.append((f"rule:{dash}", RULE, f"{SUGGESTION_NAMES.get(key, key)} {value:.3g}"))
     if info.stop_lr is not None and info.stop_loss is not None:
-        cx, cy = sx(info.stop_lr), sy(info.stop_loss)
+        cx, cy = f.sx(info.stop_lr), f.sy(info.stop_loss)
         body.append(f'<path d="M{cx - 6:.1f},{cy - 6:.1f}L{cx + 6:.1f},{cy + 6:.1f}'
                     f'M{cx - 6:.1f},{cy + 6:.1f}L{cx + 6:.1f},{cy - 6:.1f}" stroke="{CHOSEN}" '
                     f'stroke-width="3"><title>{escape(info.stop_reason)}</title></path>')
         legend.append(("cross", CHOSEN, f"stopped at {info.stop_lr:.3g}"))
     body.append("</g>")
-    out += body
-    lx, ly = LEFT + plot_w + 16, TOP + 8
+    return body, legend
+
+
+def _legend(f: _Frame, legend: Legend) -> list[str]:
+    out = []
+    lx, ly = LEFT + f.w + 16, TOP + 8
     for i, (kind, color, text) in enumerate(legend):
         y = ly + 20 * i
         if kind == "box":
@@ -128,5 +149,19 @@ def range_test_svg(info: RangeTestInfo, title: str | None = None) -> str:
             out.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 22}" y2="{y}" stroke="{color}" '
                        f'stroke-width="2"{dash}/>')
         out.append(f'<text x="{lx + 28}" y="{y + 4}">{escape(text)}</text>')
-    out.append("</svg>")
+    return out
+
+
+def range_test_svg(info: RangeTestInfo, title: str | None = None) -> str:
+    """The range test figure as an SVG document."""
+    f = _Frame.of(info)
+    body, legend = _plot(f, info)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+           f'<defs><clipPath id="plot"><rect x="{LEFT}" y="{TOP}" width="{f.w}" '
+           f'height="{f.h}"/></clipPath></defs>',
+           f'<text x="{LEFT}" y="24" font-size="15">'
+           f'{escape(title or f"LR range test (batch size {info.batch_size})")}</text>',
+           *_axes(f), *body, *_legend(f, legend), "</svg>"]
     return "\n".join(out) + "\n"
