@@ -14,7 +14,6 @@ import optuna
 import pytest
 import sqlalchemy
 
-from tuner.cli import main
 from tuner.locks import storage_lock
 from tuner.pipeline import join
 from tuner.stages import NAMES
@@ -222,21 +221,6 @@ def test_three_workers_on_postgresql_survive_a_sigkilled_worker(tmp_path: Path,
     assert list(finished["state"]) == ["done"] * len(NAMES)
     assert finished.loc[finished.stage == "final", "decision"].item().startswith(
         "test accuracy")
-
-
-def test_status_command_prints_the_table(tmp_path: Path, mnist1d_splits,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    import tuner
-
-    from .conftest import tiny_config
-
-    url = f"sqlite:///{tmp_path}/t.db"
-    tuner.run(tiny_config(), storage=url, splits=mnist1d_splits)
-    assert main(["status", "--storage", url]) == 0
-    out = capsys.readouterr().out
-    for piece in ["run", "stage", "complete", "pruned", "failed", "decision", "lr_range",
-                  "final", "test accuracy", "done"]:
-        assert piece in out
 
 
 def test_worker_joining_a_missing_run_says_so(tmp_path: Path) -> None:
