@@ -29,10 +29,14 @@ if [[ ! -x $PY ]]; then
     exit 1
   fi
 fi
-if ! timeout 120 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  echo "device_check: torch sees no CUDA device (torch.cuda.is_available() is false); nothing to check." >&2
-  exit 2
-fi
+timeout 120 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)'
+case $? in
+  0) ;;
+  3) echo "device_check: torch sees no CUDA device (torch.cuda.is_available() is false); nothing to check." >&2
+     exit 2 ;;
+  *) echo "device_check: $PY cannot import torch (a stale .venv? rm -rf .venv and rerun); nothing checked." >&2
+     exit 1 ;;
+esac
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")
 ROWS=()
@@ -100,7 +104,7 @@ print_table() {
   printf '%s\n' "${ROWS[@]}"
 }
 interrupted() {
-  ROWS+=("| (interrupted) | the parts after this row did not run | $((SECONDS - START)) | interrupted |")
+  ROWS+=("| (interrupted) | the part running then and those after it did not finish | - | interrupted |")
   print_table
   exit 130
 }
@@ -168,7 +172,7 @@ repeats = 1
 [batch_size]
 values = [128, 256]
 budget_s = 5.0
-range_test_iters = 100
+range_test_iters = 200
 [final]
 epochs = 5
 seeds = [0]

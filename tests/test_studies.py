@@ -13,12 +13,7 @@ from tuner.augment import cifar_crop_flip
 from tuner.config import ConfigError, load_study
 from tuner.data import batches, load_splits
 from tuner.models import model_factory
-
-try:
-    from tuner.references import check_references
-except ModuleNotFoundError:  # before tuner.references: StudyConfig checked these when built
-    def check_references(config: object) -> None:
-        pass
+from tuner.references import check_references
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 CIFAR_STUDIES = ["cifar10_3layer", "cifar10_resnet56"]
