@@ -78,9 +78,10 @@ def test_summary_table_names_every_choice() -> None:
         "batch_size": BatchSizeDecision(batch_size=128, min_lr=0.025, max_lr=0.25,
                                         final_epochs=40, why="", seconds=60.0),
         "refine": RefineDecision(values=values, staged=values, why=""),
-        "final": FinalDecision(values=values, epochs=40, scored_on="test", accuracy=0.953,
-                               accuracy_sd=0.002, loss=0.19, accuracies=[0.951, 0.953, 0.955],
-                               seeds=[0, 1, 2], why="", seconds=10.0),
+        "final": FinalDecision(values=values, epochs=40, scored_on="test", loss=0.19,
+                               loss_sd=0.01, losses=[0.18, 0.19, 0.20], seeds=[0, 1, 2],
+                               metric_name="accuracy", metric=0.953, metric_sd=0.002,
+                               metrics=[0.951, 0.953, 0.955], why="", seconds=10.0),
     }
     table = summary_table(Result("r", "sqlite:///x.db", decisions))
     for piece in ["0.02 – 0.2", "max momentum 0.95 (cycling down to 0.85)", "weight decay 0.0001",
@@ -91,7 +92,16 @@ def test_summary_table_names_every_choice() -> None:
 
 def test_summary_table_of_data_without_a_test_split_says_validation() -> None:
     values = HParams(0.025, 0.25, 0.95, 0.85, 1e-4, 128)
-    final = FinalDecision(values=values, epochs=4, scored_on="val", accuracy=0.5,
-                          accuracy_sd=0.0, loss=1.0, accuracies=[0.5], seeds=[0], why="")
+    final = FinalDecision(values=values, epochs=4, scored_on="val", loss=1.0, loss_sd=0.0,
+                          losses=[1.0], seeds=[0], metric_name="accuracy", metric=0.5,
+                          metric_sd=0.0, metrics=[0.5], why="")
     table = summary_table(Result("r", "sqlite:///x.db", {"final": final}))
     assert "validation accuracy 50.00%" in table and "test" not in table
+
+
+def test_summary_table_of_a_regression_shows_no_accuracy() -> None:
+    values = HParams(0.025, 0.25, 0.95, 0.85, 1e-4, 128)
+    final = FinalDecision(values=values, epochs=4, scored_on="test", loss=0.25, loss_sd=0.01,
+                          losses=[0.24, 0.26], seeds=[0, 1], why="")
+    table = summary_table(Result("r", "sqlite:///x.db", {"final": final}))
+    assert "test loss 0.2500" in table and "accuracy" not in table.lower()

@@ -290,5 +290,39 @@ def test_default_study_file_loads() -> None:
 
 
 def test_default_study_file_shows_the_code_defaults() -> None:
-    # The file documents the defaults; a default changed in code must be changed there too.
-    assert load_study(REPO / "studies" / "mnist1d_cnn.toml") == StudyConfig()
+    # The file documents the defaults (those the optimizer sets, for SGD); a default changed in
+    # code must be changed there too.
+    assert load_study(REPO / "studies" / "mnist1d_cnn.toml").resolved() == StudyConfig().resolved()
+
+
+def test_weight_decays_follow_the_optimizer_unless_set() -> None:
+    sgd, adamw = StudyConfig().resolved(), StudyConfig(train=TrainConfig(optimizer="adamw"))
+    assert sgd.weight_decay.values == (1e-3, 1e-4, 1e-5, 0.0) and sgd.momentum.weight_decay == 1e-4
+    assert adamw.resolved().weight_decay.values == (1e-1, 1e-2, 1e-3, 0.0)
+    assert adamw.resolved().momentum.weight_decay == 1e-2
+    mine = adamw.replace(weight_decay=WeightDecayConfig(values=(0.5, 0.0)))
+    assert mine.resolved().weight_decay.values == (0.5, 0.0)
+    assert adamw.resolved().resolved() == adamw.resolved()
+
+
+@pytest.mark.parametrize(("train", "expected"), [
+    ({"optimizer": "lion"}, ["train.optimizer", "'sgd', 'adamw', 'adam'", "lion"]),
+    ({"loss": "hinge"}, ["train.loss", "cross_entropy", "mse", "module:callable", "hinge"]),
+    ({"metric": "auc"}, ["train.metric", "accuracy", "none", "module:callable", "auc"]),
+    ({"loss": "mse", "metric": "accuracy"}, ["train.metric", "regression", "mse", "'none'"]),
+    ({"step": "nocolon"}, ["train.step", "module:callable", "nocolon"]),
+])
+def test_bad_training_settings_are_one_line(train: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict(StudyConfig, {"train": train})
+    message = str(info.value)
+    assert "\n" not in message
+    for piece in expected:
+        assert piece in message
+
+
+def test_metric_names() -> None:
+    assert TrainConfig().metric_name() == "accuracy"
+    assert TrainConfig(loss="mse").metric_name() is None
+    assert TrainConfig(loss="bce_with_logits", metric="accuracy").metric_name() == "accuracy"
+    assert TrainConfig(loss="mse", metric="mymetrics:r2").metric_name() == "r2"

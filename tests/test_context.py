@@ -158,4 +158,4 @@ def test_repeated_run_averages_seeds_and_reports_the_first(tmp_path: Path,
     assert sorted(done.intermediate_values) == [1, 2]  # one report per epoch, first seed only
     assert done.intermediate_values[2] == pytest.approx(losses[0])
     assert len(done.user_attrs["history"]) == 2
-    assert len(done.user_attrs["val_accuracies"]) == 2
+    assert len(done.user_attrs["val_metrics"]) == 2

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from optuna.artifacts import FileSystemArtifactStore
 from optuna_dashboard import get_note
 
 from tuner.cli import main
 from tuner.dashboard import (
+    _system_attrs,
     annotate_run,
     annotate_stage,
     has_note,
@@ -30,13 +32,15 @@ from tuner.dashboard import (
     stage_note,
 )
 from tuner.stages import STAGES, Decision, stage
+from tuner.stages.base import HParams
+from tuner.stages.final import FinalDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.storage import Run, open_storage, study_name
 
-from .conftest import TinyRun
-from .hand_runs import decide, stage_study, start_run
+from .conftest import TinyRun, tiny_config
+from .hand_runs import F1, REGRESSION, decide, finished_run, stage_study, start_run, text_of
 
 
 def _decision_words(d: Decision) -> list[str]:
@@ -108,6 +112,52 @@ def test_range_test_note_adds_where_it_stopped_and_the_suggestions() -> None:
     note = stage_note(stage("lr_range"), decision)
     assert "LR 0.01 – 0.1" in note and "read off" in note
     assert decision.details() in note and "valley 0.02" in note and "figure" in note
+
+
+def test_range_and_final_notes_say_which_optimizer_ran() -> None:
+    decision = RangeDecision(min_lr=0.01, max_lr=0.1, batch_size=32, why="read off")
+    note = stage_note(stage("lr_range"), decision, tiny_config())
+    assert ("**Trained with:** SGD, momentum 0.9 (constant during the test); loss "
+            "cross-entropy") in note
+    assert "Trained with" not in stage_note(stage("lr_range"), decision)  # config unknown
+    final = FinalDecision(values=HParams(0.01, 0.1, 0.95, 0.85, 0.0, 32), epochs=3,
+                          scored_on="test", loss=0.3, loss_sd=0.0, losses=[0.3], seeds=[0],
+                          optimizer="adamw", why="w")
+    assert "**Trained with:** AdamW (1cycle)" in stage_note(stage("final"), final)
+    assert "accuracy" not in stage_note(stage("final"), final).lower()
+
+
+def test_notes_of_a_regression_show_no_accuracy(tmp_path: Path) -> None:
+    run = finished_run(tmp_path, REGRESSION, None)
+    studies = run.studies()
+    # As the pipeline writes them (the range test's with its figure), then the rest.
+    for name in ("lr_range", "final"):
+        annotate_stage(stage(name), studies[name], run.decisions()[name])
+    (tmp_path / "artifacts").mkdir()
+    store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    assert sorted(annotate_run(run, store)) == sorted(
+        ["momentum note", "weight_decay note", "batch_size note", "refine note",
+         "lr_range artifact"])
+    notes = {name: get_note(study) for name, study in studies.items()}
+    (svg,) = (tmp_path / "artifacts").rglob("*")
+    figure = [v for k, v in _system_attrs(studies["lr_range"]).items()
+              if k.startswith("dashboard:plot_data:")]
+    assert figure and "accuracy" not in text_of(*notes.values(), *figure, svg.read_text())
+    assert ("**Trained with:** AdamW, beta1 0.9, beta2 0.99 (constant during the test); loss "
+            "MSE") in notes["lr_range"]
+    assert "AdamW, beta1 0.9, beta2 0.99" in "".join(figure) + svg.read_text()
+    assert ("**Trained with:** AdamW, beta2 0.99 (1cycle); loss MSE; metric none"
+            in notes["final"])
+    assert "test loss 0.3100 ± 0.0140 over 2 seed(s)" in notes["final"]
+
+
+def test_the_final_note_names_a_custom_metric(tmp_path: Path) -> None:
+    run = finished_run(tmp_path, F1, 0.8)
+    annotate_run(run)
+    note = get_note(run.studies()["final"])
+    assert "test f1 0.805 ± 0.007 over 2 seed(s)" in note
+    assert "Adam, beta2 0.99 (1cycle); loss cross-entropy; metric f1" in note
+    assert "accuracy" not in note.lower()
 
 
 def test_a_stage_decided_later_gets_its_note_from_annotate_run(tmp_path: Path) -> None:

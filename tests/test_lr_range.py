@@ -234,7 +234,7 @@ def _assert_same(a: object, b: object) -> None:
 def _check_lengths(curve: RangeCurve) -> None:
     assert len(curve.lrs) == len(curve.train_losses)
     n_val = len(curve.val_steps)
-    assert n_val == len(curve.val_lrs) == len(curve.val_losses) == len(curve.val_accuracies)
+    assert n_val == len(curve.val_lrs) == len(curve.val_losses) == len(curve.val_metrics)
 
 
 def test_range_test_restores_model_and_optimizer() -> None:
@@ -261,7 +261,7 @@ def test_range_test_restores_model_and_optimizer() -> None:
     assert all(s % 5 == 0 for s in curve.val_steps[:-1])
     assert len(evals) == len(curve.val_steps)
     assert [e[0] for e in evals] == curve.val_steps
-    assert all(0.0 <= a <= 1.0 for a in curve.val_accuracies)
+    assert all(0.0 <= a <= 1.0 for a in curve.val_metrics)
     if curve.stop_reason == "end_lr reached":
         assert len(curve.lrs) == 60
         assert curve.lrs[-1] == pytest.approx(10.0)

@@ -31,6 +31,7 @@ def test_inspect_run_notebook_executes(tiny_run: TinyRun, monkeypatch: pytest.Mo
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"run '{tiny_run.run}'" in text
     assert "lr_range: validation loss fell" in text
+    assert "optimizer SGD · loss cross-entropy · metric accuracy" in text
     figures = [o for o in outputs if "application/json" in o.get("data", {})
                or "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert len(figures) == len(STAGES)  # the tiny run refines too: every stage has a figure

@@ -59,7 +59,7 @@ def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:
     for name, study in by_stage.items():
         decision = study.user_attrs["decision"]
         assert decision["why"], name
-        assert study.user_attrs["config"] == json.loads(json.dumps(cfg.to_dict())), name
+        assert study.user_attrs["config"] == json.loads(json.dumps(cfg.resolved().to_dict())), name
     # every grid point has exactly one finished trial, each reporting validation loss per epoch
     for name, param, values in [("momentum", "max_momentum", cfg.momentum.values),
                                 ("weight_decay", "weight_decay", cfg.weight_decay.values)]:
@@ -74,7 +74,7 @@ def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:
     (rt,) = by_stage["lr_range"].get_trials()
     curve = rt.user_attrs["curve"]
     assert len(curve["lrs"]) == len(curve["train_losses"]) > 0
-    assert len(curve["val_lrs"]) == len(curve["val_losses"]) == len(curve["val_accuracies"]) > 2
+    assert len(curve["val_lrs"]) == len(curve["val_losses"]) == len(curve["val_metrics"]) > 2
     assert set(rt.user_attrs["suggestions"]) == {"valley", "minimum", "steepest"}
     # batch sizes got equal training time and their own LR range
     for t in by_stage["batch_size"].get_trials(states=(TrialState.COMPLETE,)):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import main
+from tuner.config import TrainConfig
 from tuner.report import (
     default_report_path,
     figures,
@@ -25,9 +26,10 @@ from tuner.report_data import load_run
 from tuner.report_svg import range_test_svg
 from tuner.stages import NAMES, STAGES
 from tuner.storage import Run
+from tuner.text import format_metric
 
 from .conftest import TinyRun
-from .hand_runs import start_run
+from .hand_runs import F1, REGRESSION, finished_run, start_run, text_of
 
 MAX_REPORT_BYTES = 5_000_000
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -81,9 +83,60 @@ def test_report_page_is_self_contained_and_small(tiny_run: TinyRun, tmp_path: Pa
     d = tiny_run.result.decisions
     for text in [f"batch size {d['batch_size'].batch_size}",
                  f"weight decay {d['weight_decay'].weight_decay:g}",
-                 f"{100 * d['final'].accuracy:.2f}%", "Study configuration",
-                 "Environment", "torch", *(st.title for st in STAGES)]:
+                 f"test accuracy {format_metric('accuracy', d['final'].metric)}",
+                 "LR range test (batch size 64; SGD, momentum 0.9)",
+                 "Final 1cycle training (SGD): test accuracy", "optimizer SGD",
+                 "Study configuration", "Environment", "torch", *(st.title for st in STAGES)]:
         assert text in page, text
+
+
+def _without_plotlyjs(page: str) -> str:
+    """The page less plotly.js itself: what the report writes."""
+    start = page.index('<script type="text/javascript">')
+    return page[:start] + page[page.index("</script>", start):]
+
+
+def test_a_regression_report_shows_no_accuracy_anywhere(tmp_path: Path) -> None:
+    info = load_run(finished_run(tmp_path, REGRESSION, None))
+    drawn = {stage: fig for stage, _, fig in figures(info)}
+    page = _without_plotlyjs(render_html(info))
+    shown = text_of(page, *(fig.to_json() for fig in drawn.values()),
+                    range_test_svg(info.range_test))
+    assert "accuracy" not in shown and "metric" not in text_of(*drawn.values())
+    assert ("optimizer AdamW, beta2 0.99 (the momentum stage grids beta1) · loss MSE · metric "
+            "none") in page
+    rt = drawn["lr_range"]
+    assert rt.layout.title.text == "LR range test (batch size 64; AdamW, beta1 0.9, beta2 0.99)"
+    assert rt.layout.yaxis.title.text == "loss (MSE)" and "loss (MSE)" in range_test_svg(
+        info.range_test)
+    assert all(t.customdata is None for t in rt.data)  # no metric in the hover
+    assert drawn["momentum"].layout.legend.title.text == "max beta1"
+    bs = drawn["batch_size"]  # validation loss above, the range tests below: no metric column
+    assert [a.text for a in bs.layout.annotations][0] == "validation loss"
+    assert {t.xaxis for t in bs.data} == {"x", "x2"} and len(bs.layout.annotations) == 2
+    final = drawn["final"]
+    assert final.layout.title.text == ("Final 1cycle training (AdamW, beta2 0.99): test loss "
+                                       "0.3100 ± 0.0140")
+    names = [t.name for t in final.data]
+    assert "beta1" in names and "seed 0: test loss 0.3000" in names
+    assert "beta1 %{customdata[1]}" in drawn["refine"].data[0].hovertemplate
+
+
+@pytest.mark.parametrize(("train", "metric", "words"), [
+    (F1, 0.8, ["test f1 0.805 ± 0.007", "validation f1", "f1 %{customdata:.4g}",
+               "seed 1: test f1 0.81", "metric f1", "Adam, beta1 0.9, beta2 0.99"]),
+    (TrainConfig(batch_size=64, threads=1), 0.8,
+     ["test accuracy 80.50% ± 0.70", "validation accuracy", "accuracy %{customdata:.1%}",
+      "seed 1: test accuracy 81.00%", "metric accuracy", "SGD, momentum 0.9"]),
+])
+def test_the_metric_is_named_as_the_run_names_it(tmp_path: Path, train: TrainConfig,
+                                                 metric: float, words: list[str]) -> None:
+    info = load_run(finished_run(tmp_path, train, metric))
+    page = _without_plotlyjs(render_html(info))
+    for text in words:
+        assert text in page, text
+    if train.metric_name() != "accuracy":
+        assert "accuracy" not in page.lower()
 
 
 def test_report_of_a_run_cut_short(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from tuner.config import MomentumConfig
 from tuner.dashboard import make_dashboard_server
 from tuner.report import write_report
 from tuner.report_data import (
+    Training,
     downsample,
     get_range_test_info,
     get_refine_info,
@@ -32,10 +33,18 @@ from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.status import status_table
 from tuner.storage import TOOL_ATTR, NoSuchRun, Run, RunConfigMismatch, StorageError, open_storage
-from tuner.tables import trials_table, write_csv
+from tuner.tables import history_table, summary_frame, trials_table, write_csv
 
 from .conftest import TinyRun, tiny_config
-from .hand_runs import decide, grid_trial, stage_study, start_run
+from .hand_runs import (
+    F1,
+    REGRESSION,
+    decide,
+    finished_run,
+    grid_trial,
+    stage_study,
+    start_run,
+)
 
 
 def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
@@ -56,7 +65,9 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
     rt = info.range_test
     assert rt is not None and rt.log_lr and rt.batch_size == cfg.train.batch_size
     assert len(rt.lrs) == len(rt.train_losses) == len(rt.train_smoothed) > 100
-    assert len(rt.val_lrs) == len(rt.val_losses) == len(rt.val_accuracies) > 2
+    assert len(rt.val_lrs) == len(rt.val_losses) == len(rt.val_metrics) > 2
+    assert all(m is not None and 0 <= m <= 1 for m in rt.val_metrics)  # accuracy
+    assert rt.metric_name == "accuracy" and rt.optimizer_text == "SGD, momentum 0.9"
     assert (rt.min_lr, rt.max_lr, rt.why) == (d["lr_range"].min_lr, d["lr_range"].max_lr,
                                               d["lr_range"].why)
     assert rt.max_lr in rt.val_lrs  # the max LR is read off the validation curve
@@ -72,7 +83,7 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
         assert grid.planned_reports == 3 and grid.budget_s is None
         for c in grid.trials:
             assert c.reports == list(range(1, len(c.val_losses) + 1))
-            assert len(c.val_losses) == len(c.val_accuracies) == len(c.seconds)
+            assert len(c.val_losses) == len(c.val_metrics) == len(c.seconds)
 
     bs = info.grid("batch_size")
     assert bs is not None and bs.chosen == d["batch_size"].batch_size
@@ -94,8 +105,9 @@ def test_final_info_of_the_tiny_run(tiny_run: TinyRun) -> None:
     d = tiny_run.result.decisions["final"]
     assert isinstance(d, FinalDecision)
     assert final is not None and final.scored_on == "test"
-    assert (final.accuracy, final.loss, final.hparams, final.epochs) == (
-        d.accuracy, d.loss, d.values, d.epochs)
+    assert (final.metric, final.metric_sd, final.loss, final.hparams, final.epochs) == (
+        d.metric, d.metric_sd, d.loss, d.values, d.epochs)
+    assert final.metric_name == d.metric_name == "accuracy" and final.optimizer_text == "SGD"
     assert [c.value for c in final.trials] == list(cfg.final.seeds)
     # one report per epoch; the epochs are the batch-size stage's equal-time count
     assert all(c.val_losses == [] and len(c.train_losses) == d.epochs for c in final.trials)
@@ -120,12 +132,13 @@ def test_final_scored_on_validation_says_so(tmp_path: Path) -> None:
     study.add_trial(create_trial(
         state=TrialState.COMPLETE, value=0.9, params={"seed": 0},
         distributions={"seed": CategoricalDistribution((0, 1))},
-        user_attrs={"scored_on": "val", "val_accuracy": 0.9, "history": [
+        user_attrs={"scored_on": "val", "val_loss": 0.3, "val_metric": 0.9, "history": [
             {"step": 10 * k, "train_loss": 1 / k, "seconds": 0.1 * k} for k in range(1, 5)]}))
     hp = HParams(0.01, 0.1, 0.95, 0.85, 1e-4, 64)
-    decide(study, FinalDecision(values=hp, epochs=4, scored_on="val", accuracy=0.9,
-                                accuracy_sd=0.01, loss=0.3, accuracies=[0.89, 0.91],
-                                seeds=[0, 1], why="scored on the validation split"))
+    decide(study, FinalDecision(values=hp, epochs=4, scored_on="val", loss=0.3, loss_sd=0.01,
+                                losses=[0.29, 0.31], seeds=[0, 1], metric_name="accuracy",
+                                metric=0.9, metric_sd=0.01, metrics=[0.89, 0.91],
+                                why="scored on the validation split"))
     info = load_run(run)
     assert info.stages[-1].chosen == ("validation accuracy 90.00% ± 1.00 over 2 seed(s), "
                                       "validation loss 0.3000")
@@ -191,7 +204,7 @@ def _range_trial() -> optuna.trial.FrozenTrial:
               range(100)] + [math.inf]
     curve = {"lrs": lrs + [10.0], "train_losses": losses, "val_steps": [0, 50, 99],
              "val_lrs": [lrs[0], lrs[50], lrs[99]], "val_losses": [2.3, 1.0, 5.0],
-             "val_accuracies": [0.1, 0.6, 0.1], "stop_reason": "training loss became inf",
+             "val_metrics": [0.1, 0.6, 0.1], "stop_reason": "training loss became inf",
              "stop_step": 101}
     return create_trial(state=TrialState.COMPLETE, value=1.0, user_attrs={
         "curve": curve, "suggestions": {"valley": 0.01, "minimum": math.nan, "steepest": 0.02},
@@ -255,7 +268,10 @@ def test_trials_table_and_csv_hold_every_trial(tiny_run: TinyRun, tmp_path: Path
     assert set(table["stage"]) == set(NAMES)
     assert {"state", "value", "param_value", "last_val_loss", "duration_s"} <= set(table.columns)
     final = table[table["stage"] == "final"]
-    assert final["test_accuracy"].notna().all() and set(final["param"]) == {"seed"}
+    assert final["test_metric"].notna().all() and set(final["param"]) == {"seed"}
+    assert final["test_loss"].notna().all() and (final["value"] == final["test_loss"]).all()
+    grids = table[table["stage"].isin(["momentum", "weight_decay", "batch_size"])]
+    assert grids["last_val_metric"].between(0, 1).all()  # accuracy, as a fraction
     assert set(table.loc[table["stage"] == "batch_size", "param"]) == {"batch_size"}
 
     paths = write_csv(tiny_run.url, None, tmp_path / "csv")
@@ -265,6 +281,48 @@ def test_trials_table_and_csv_hold_every_trial(tiny_run: TinyRun, tmp_path: Path
     assert {"stage", "number", "report", "step", "seconds", "train_loss"} <= set(history.columns)
     assert set(history["stage"]) == set(NAMES) - {"lr_range"}
     assert set(pd.read_csv(paths[2])["kind"]) == {"train", "val"}
+
+
+def _csv_texts(run: Run, directory: Path) -> str:
+    """Every table a run's reader writes, as CSV text."""
+    tables = [summary_frame(load_run(run)), trials_table(run), history_table(run)]
+    paths = write_csv(run, None, directory)
+    return "".join(t.to_csv() for t in tables) + "".join(p.read_text() for p in paths)
+
+
+def test_a_regression_run_reads_without_a_metric(tmp_path: Path) -> None:
+    run = finished_run(tmp_path, REGRESSION, None)
+    info = load_run(run)
+    assert info.training == Training(optimizer="adamw", beta2=0.99, loss="mse", metric=None)
+    rt = info.range_test
+    assert rt.metric_name is None and rt.val_metrics == [None] * len(rt.val_losses)
+    assert rt.optimizer_text == "AdamW, beta1 0.9, beta2 0.99"
+    momentum = info.grid("momentum")
+    assert momentum.label == "max beta1" and momentum.metric_name is None
+    assert all(m is None for c in momentum.trials for m in c.val_metrics)
+    final = info.final
+    assert (final.metric_name, final.metric, final.metric_sd) == (None, None, None)
+    assert (final.loss, final.loss_sd, final.optimizer_text) == (0.31, 0.014, "AdamW, beta2 0.99")
+
+    assert "accuracy" not in _csv_texts(run, tmp_path / "csv").lower()
+    trials = trials_table(run)
+    assert trials["last_val_metric"].isna().all() and "test_metric" not in trials.columns
+    assert history_table(run)["val_metric"].isna().all()
+    assert pd.read_csv(tmp_path / "csv" / "range_test.csv")["val_metric"].isna().all()
+
+
+def test_a_custom_metric_is_read_by_its_name(tmp_path: Path) -> None:
+    run = finished_run(tmp_path, F1, 0.8)
+    info = load_run(run)
+    assert info.training.metric == info.range_test.metric_name == info.final.metric_name == "f1"
+    assert info.final.metric == pytest.approx(0.805) and info.final.optimizer_text == (
+        "Adam, beta2 0.99")
+    assert info.grid("momentum").label == "max beta1"
+    trials = trials_table(run)
+    grids = trials[trials["stage"].isin(["momentum", "weight_decay", "batch_size"])]
+    assert (grids["last_val_metric"] == 0.8).all()
+    assert list(trials.loc[trials["stage"] == "final", "test_metric"]) == [0.8, 0.81]
+    assert "accuracy" not in _csv_texts(run, tmp_path / "csv").lower()
 
 
 def test_refine_info_marks_the_staged_and_the_chosen_trial(tiny_run: TinyRun) -> None:

@@ -51,9 +51,10 @@ SAMPLES: dict[type[Decision], Decision] = {
                                          seconds=3.0),
     RefineDecision: RefineDecision(values=dataclasses.replace(HP, max_lr=0.2, min_lr=0.02),
                                    staged=HP, trials=5, why="confirmed", seconds=4.0),
-    FinalDecision: FinalDecision(values=HP, epochs=3, scored_on="test", accuracy=0.9,
-                                 accuracy_sd=0.01, loss=0.3, accuracies=[0.89, 0.91],
-                                 seeds=[0, 1], why="two seeds", seconds=5.0),
+    FinalDecision: FinalDecision(values=HP, epochs=3, scored_on="test", loss=0.3, loss_sd=0.02,
+                                 losses=[0.28, 0.32], seeds=[0, 1], optimizer="adamw",
+                                 metric_name="accuracy", metric=0.9, metric_sd=0.01,
+                                 metrics=[0.89, 0.91], why="two seeds", seconds=5.0),
 }
 
 

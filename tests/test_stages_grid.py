@@ -19,7 +19,7 @@ from tuner.stages.grid import (
     decide_grid,
     describe_trial,
     grid_seconds,
-    percent,
+    metric_text,
     scored,
 )
 from tuner.stages.lr_range import RangeDecision
@@ -152,8 +152,10 @@ def test_scored_is_complete_with_a_finite_loss() -> None:
     assert [scored(t) for t in study.get_trials()] == [True, False, False]
 
 
-def test_percent() -> None:
-    assert percent([0.5, 0.1234]) == "50.0%, 12.3%"
+def test_metric_text() -> None:
+    assert metric_text("accuracy", [0.5, 0.1234]) == ", accuracy 50.00%, 12.34%"
+    assert metric_text("f1", [0.5]) == ", f1 0.5"
+    assert metric_text(None, [None]) == ""
 
 
 def test_grid_seconds_count_values_repeats_epochs_and_one_evaluation_per_epoch() -> None:
@@ -184,7 +186,7 @@ def fake_repeated_run(losses: dict[float, float], seen: list[tuple[HParams, int,
     def repeated_run(_ctx, trial, hp, *, repeats, epochs):  # noqa: ANN001, ANN202
         seen.append((hp, repeats, epochs))
         value = trial.params.get("max_momentum", trial.params.get("weight_decay"))
-        trial.set_user_attr("val_accuracies", [0.5] * repeats)
+        trial.set_user_attr("val_metrics", [0.5] * repeats)
         return losses[value]
 
     return repeated_run
@@ -206,7 +208,7 @@ def test_momentum_stage_runs_its_grid_on_stage_one_range(
     for hp, repeats, epochs in seen:
         assert (hp.min_lr, hp.max_lr, hp.batch_size) == (0.02, 0.2, cfg.train.batch_size)
         assert hp.min_momentum == cfg.momentum.min_momentum
-        assert hp.weight_decay == cfg.momentum.weight_decay
+        assert hp.weight_decay == cfg.resolved().momentum.weight_decay
         assert (repeats, epochs) == (cfg.momentum.repeats, cfg.momentum.epochs)
 
 

@@ -14,7 +14,7 @@ from tuner.stages.lr_range import RangeDecision
 from tuner.status import status_table
 from tuner.storage import TOOL_ATTR, NoSuchRun, open_storage
 
-from .hand_runs import decide, grid_trial, stage_study, start_run
+from .hand_runs import F1, REGRESSION, decide, finished_run, grid_trial, stage_study, start_run
 
 DECISION = RangeDecision(min_lr=0.01, max_lr=0.1, batch_size=64, why="read off the curve")
 
@@ -79,3 +79,23 @@ def test_status_command_prints_the_table(tmp_path: Path,
     assert main(["status", "--storage", f"sqlite:///{missing}"]) == 2
     assert f"no such database file '{missing}'" in capsys.readouterr().err
     assert not missing.parent.exists()
+
+
+def test_status_of_a_regression_shows_no_accuracy(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    finished_run(tmp_path, REGRESSION, None)
+    url = f"sqlite:///{tmp_path}/t.db"
+    rows = status_table(url).set_index("stage")
+    assert rows.loc["final", "decision"] == "test loss 0.3100 ± 0.0140 over 2 seed(s)"
+    assert set(rows["state"]) == {"done"}
+    assert rows.loc["momentum", "decision"].startswith("max beta1 0.95")  # AdamW's momentum
+    assert main(["status", "--storage", url]) == 0
+    assert "accuracy" not in capsys.readouterr().out.lower() + rows.to_csv().lower()
+
+
+def test_status_names_a_custom_metric(tmp_path: Path) -> None:
+    finished_run(tmp_path, F1, 0.8)
+    rows = status_table(f"sqlite:///{tmp_path}/t.db").set_index("stage")
+    assert rows.loc["final", "decision"] == ("test f1 0.805 ± 0.007 over 2 seed(s), test loss "
+                                             "0.3100")
+    assert "accuracy" not in rows.to_csv().lower()

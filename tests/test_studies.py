@@ -101,7 +101,7 @@ def test_cifar10_3layer_is_restricted_to_10000_images() -> None:
 
 
 def test_resnet56_study_has_the_papers_settings() -> None:
-    config = load_study(STUDIES / "cifar10_resnet56.toml")
+    config = load_study(STUDIES / "cifar10_resnet56.toml").resolved()
     assert config.train.batch_size == 512
     assert 1e-4 in config.weight_decay.values and len(config.weight_decay.values) >= 4
     assert config.momentum.min_momentum == 0.85 and 0.95 in config.momentum.values

@@ -40,6 +40,7 @@ PLAN_SHARE = 0.8
 def stage_seconds(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> dict[str, float]:
     """Estimated seconds of the planned stages (those with a cost: 1-4), upper bounds: no early
     stop, no pruning. Each stage estimates its own."""
+    cfg = cfg.resolved()
     return {s.name: s.cost(cfg, speed, sizes) for s in STAGES if s.cost is not None}
 
 
@@ -113,6 +114,7 @@ def plan(cfg: StudyConfig, budget_s: float, speed: Speed, sizes: Sizes) -> Plan:
     """Cut ``cfg`` down until stages 1-4 are estimated to fit ``PLAN_SHARE`` of ``budget_s``;
     the refinement gets the rest (``refine.total_s = budget_s``)."""
     check_budget(budget_s)
+    cfg = cfg.resolved()
     target = PLAN_SHARE * budget_s
     applied: list[str] = []
     estimate = stage_seconds(cfg, speed, sizes)

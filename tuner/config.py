@@ -73,6 +73,14 @@ Device = Annotated[Str, _rule(lambda d: re.fullmatch(r"auto|cpu|cuda(:\d+)?", d)
 Name = Annotated[Str, _rule(lambda s: bool(s) and "/" not in s,
                             "must be a non-empty string without '/'")]
 
+LOSSES = ("cross_entropy", "mse", "bce_with_logits")
+METRICS = ("auto", "accuracy", "none")
+
+
+def _callable_or(names: tuple[str, ...]) -> Callable[[str], bool]:
+    return lambda s: s in names or (":" in s and all(s.partition(":")[::2]))
+
+
 # Finite numbers only; no keys beyond the fields. Lax otherwise, so that TOML lists become tuples
 # and nested tables become sections.
 _CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -128,6 +136,11 @@ class DataConfig:
     # auto (one tensor if it fits, else a DataLoader) | tensor | loader
     hold: Literal["auto", "tensor", "loader"] = "auto"
     workers: Count = 2  # DataLoader worker processes, when the data is held by a loader
+    # "module:callable" batching the items of "module:callable" data for a step function
+    # (train.step); "" = torch's default collate
+    collate: Annotated[Str, _rule(lambda s: not s or ":" in s,
+                                  "must be '' or 'module:callable'")] = ""
+    path: Str = ""  # folder module:callables are imported from; load_study sets the file's own
 
 
 @_section("model")
@@ -152,6 +165,40 @@ class TrainConfig:
     seed: Int = 0
     device: Device = "auto"  # auto | cpu | cuda | cuda:N
     threads: Count = 0  # torch CPU threads; 0 keeps torch's default
+    # sgd (the paper's) | adamw (decoupled weight decay) | adam (L2). For Adam the momentum
+    # stage grids and cycles beta1, as fastai's fit_one_cycle does.
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    beta2: Unit = 0.99  # Adam's beta2 (fastai's default for 1cycle; PyTorch's is 0.999)
+    eps: PosFloat = 1e-5  # Adam's eps (fastai's default; PyTorch's is 1e-8)
+    # cross_entropy (targets: class indices) | mse (regression) | bce_with_logits (multi-label,
+    # targets 0/1 per label) | "module:callable" (output, target) -> mean loss
+    loss: Annotated[Str, _rule(_callable_or(LOSSES), f"must be one of {list(LOSSES)} or "
+                                                     f"'module:callable'")] = "cross_entropy"
+    label_smoothing: Unit = 0.0  # cross_entropy only
+    # auto (accuracy for cross_entropy, none otherwise) | accuracy | none | "module:callable"
+    # (output, target) -> the metric summed over the batch; higher is better. Reported only:
+    # every decision is taken on validation loss.
+    metric: Annotated[Str, _rule(_callable_or(METRICS), f"must be one of {list(METRICS)} or "
+                                                        f"'module:callable'")] = "auto"
+    # "module:callable": step(model, batch) -> loss, or (loss, metric_sum, count), for batches
+    # that are not (x, y) or models that take more than one input; "" = the built-in step.
+    step: Annotated[Str, _rule(lambda s: not s or ":" in s, "must be '' or 'module:callable'")] = ""
+    path: Str = ""  # folder module:callables are imported from; load_study sets the file's own
+
+    @model_validator(mode="after")
+    def _metric_fits_loss(self) -> Self:
+        if self.metric == "accuracy" and self.loss == "mse":
+            raise ValueError("metric must not be 'accuracy' for a regression (loss = 'mse'); "
+                             "valid: 'none' or a 'module:callable', but got metric='accuracy'.")
+        return self
+
+    def metric_name(self) -> str | None:
+        """The metric reports show (None: none)."""
+        if self.metric == "auto":
+            return "accuracy" if self.loss == "cross_entropy" else None
+        if self.metric == "none":
+            return None
+        return self.metric if self.metric == "accuracy" else self.metric.rpartition(":")[2]
 
 
 @_section("schedule")
@@ -195,7 +242,8 @@ class MomentumConfig:
     values: Annotated[tuple[Unit, ...], Field(min_length=1)] = (0.99, 0.97, 0.95, 0.9)
     min_momentum: Unit = 0.85  # <= every value
     epochs: PosInt = 30  # shorter runs favour high momentum, which a full training does not
-    weight_decay: NonNeg = 1e-4  # held constant while momentum is chosen
+    # held constant while momentum is chosen; unset: the optimizer's (WEIGHT_DECAY_DEFAULTS)
+    weight_decay: NonNeg | None = None
     repeats: PosInt = 2  # runs per value from different seeds, final val losses averaged
 
     @model_validator(mode="after")
@@ -211,7 +259,8 @@ class MomentumConfig:
 class WeightDecayConfig:
     """A grid of constant weight decays, with the chosen LR range and momentum."""
 
-    values: Annotated[tuple[NonNeg, ...], Field(min_length=1)] = (1e-3, 1e-4, 1e-5, 0.0)
+    # unset: the optimizer's grid (WEIGHT_DECAY_DEFAULTS)
+    values: Annotated[tuple[NonNeg, ...], Field(min_length=1)] | None = None
     epochs: PosInt = 30  # shorter runs favour weak regularisation, which a full training does not
     repeats: PosInt = 2  # runs per value from different seeds, final val losses averaged
 
@@ -267,6 +316,18 @@ class PrunerConfig:
     warmup_fraction: Annotated[Float, Field(ge=0, le=1)] = 0.7
 
 
+# The weight-decay grid, and the weight decay held while momentum is chosen, by optimizer.
+# SGD and Adam (L2): the paper's grid, 1e-3 ... 1e-5 and 0 (Smith 2018, section 4.4). AdamW
+# (decoupled): its decay is not scaled by the adaptive step, so useful values are about 100x
+# larger: PyTorch's and fastai's default 1e-2 in the middle of 1e-1 ... 1e-3 and 0 (Loshchilov &
+# Hutter 2019; Gugger & Howard, "AdamW and super-convergence", fast.ai 2018).
+WEIGHT_DECAY_DEFAULTS: dict[str, tuple[tuple[float, ...], float]] = {
+    "sgd": ((1e-3, 1e-4, 1e-5, 0.0), 1e-4),
+    "adam": ((1e-3, 1e-4, 1e-5, 0.0), 1e-4),
+    "adamw": ((1e-1, 1e-2, 1e-3, 0.0), 1e-2),
+}
+
+
 @_section("")
 class StudyConfig:
     name: Name = "mnist1d_cnn"
@@ -284,6 +345,16 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> StudyConfig:
+        """Every unset value that depends on the optimizer filled in (what a run stores)."""
+        grid, held = WEIGHT_DECAY_DEFAULTS[self.train.optimizer]
+        changes: dict[str, Any] = {}
+        if self.weight_decay.values is None:
+            changes["weight_decay"] = dataclasses.replace(self.weight_decay, values=grid)
+        if self.momentum.weight_decay is None:
+            changes["momentum"] = dataclasses.replace(self.momentum, weight_decay=held)
+        return dataclasses.replace(self, **changes) if changes else self
 
     def replace(self, **changes: Any) -> StudyConfig:
         return dataclasses.replace(self, **changes)
@@ -364,9 +435,12 @@ def load_study(path: str | Path) -> StudyConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"study file {str(path)!r} is not valid TOML: {exc}.") from None
     table.setdefault("name", path.stem)
-    model = table.get("model")
-    if isinstance(model, dict) and ":" in str(model.get("name", "")) and not model.get("path"):
-        # A module:factory is imported from the study file's folder (recorded, so that a worker
-        # rebuilding the configuration from storage finds it too).
-        table["model"] = {**model, "path": str(path.resolve().parent)}
+    # A module:callable is imported from the study file's folder (recorded, so that a worker
+    # rebuilding the configuration from storage finds it too).
+    for key, names in (("model", ("name",)), ("train", ("loss", "metric", "step")),
+                       ("data", ("name", "collate"))):
+        section = table.get(key)
+        if (isinstance(section, dict) and not section.get("path")
+                and any(":" in str(section.get(n, "")) for n in names)):
+            table[key] = {**section, "path": str(path.resolve().parent)}
     return from_dict(StudyConfig, table)

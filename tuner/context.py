@@ -17,30 +17,45 @@ import torch
 from optuna.trial import Trial
 from torch import nn
 
-from tuner.config import StudyConfig
-from tuner.data import Data, Splits, concat, load_splits
+from tuner.config import StudyConfig, TrainConfig
+from tuner.data import Data, Splits, concat, eval_batches, load_splits
 from tuner.device import is_out_of_memory, prepare_model, release_memory, resolve_device
 from tuner.lr_range import RangeCurve, mean_curve, suggestions
 from tuner.models import model_factory
+from tuner.optimizers import make_optimizer
 from tuner.pruners import MarginPruner
 from tuner.range_test import range_test
 from tuner.schedules import one_cycle
+from tuner.sources import is_user_data
 from tuner.stages.base import D, Decision, HParams, epoch_steps, find
-from tuner.train import Diverged, Evaluation, evaluate, fit, make_sgd, measure_throughput
+from tuner.task import CLASSIFICATION, StepFn, Task, check_first_step, make_task
+from tuner.train import Diverged, Evaluation, evaluate, fit, measure_throughput
+from tuner.user_data import load_user_data
 
 
 @dataclass(frozen=True)
 class Workload:
-    """The data (already on ``device``) and the model factory; every model and shuffling
-    generator of a run, the budget's speed measurements included, is made here."""
+    """The data (already on ``device``), the model factory, what a step computes and the
+    optimizer's settings; every model, optimizer and shuffling generator of a run, the budget's
+    speed measurements included, is made here."""
 
     splits: Splits
     model_fn: Callable[[], nn.Module]
     device: torch.device
+    task: Task = CLASSIFICATION
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, beta2, eps, nesterov
 
     def new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return prepare_model(self.model_fn(), self.device)
+
+    def optimizer(self, model: nn.Module, lr: float, momentum: float, weight_decay: float
+                  ) -> torch.optim.Optimizer:
+        """``train.optimizer`` on ``model`` (``momentum``: SGD's, or Adam's beta1)."""
+        return make_optimizer(model, self.train, lr, momentum, weight_decay)
+
+    def evaluate(self, model: nn.Module, data: Data) -> Evaluation:
+        return evaluate(model, data, self.train.eval_batch_size, self.task)
 
     def generator(self, seed: int) -> torch.Generator:
         """A generator on the data's device (``randperm`` on CUDA data needs a CUDA one)."""
@@ -51,9 +66,9 @@ class Workload:
                          min_seconds: float = 0.5) -> float:
         """Training steps per second at ``batch_size`` on a scratch model (after a warm-up)."""
         scratch = self.new_model(seed)
-        return measure_throughput(scratch, make_sgd(scratch, lr, momentum, weight_decay),
+        return measure_throughput(scratch, self.optimizer(scratch, lr, momentum, weight_decay),
                                   self.splits.train, batch_size, min_seconds=min_seconds,
-                                  generator=self.generator(seed))
+                                  generator=self.generator(seed), task=self.task)
 
 
 def runtime_device(config: StudyConfig) -> torch.device:
@@ -64,16 +79,26 @@ def runtime_device(config: StudyConfig) -> torch.device:
 
 
 def load_workload(config: StudyConfig, model_fn: Callable[[], nn.Module] | None = None,
-                  splits: Splits | None = None) -> Workload:
-    """Set threads and device, read (or move) the data and build the model factory, once.
+                  splits: Splits | None = None, step_fn: StepFn | None = None) -> Workload:
+    """Set threads and device, read (or move) the data, build the model factory and the task,
+    once, and try one step on the first training batch.
 
     The data is read and checked before any storage is touched: a bad file stores nothing.
     """
     device = runtime_device(config)
-    splits = splits.to(device) if splits is not None else load_splits(config.data, device)
+    if splits is not None:
+        splits = splits.to(device)
+    elif is_user_data(config.data.name):  # the user's own data
+        splits = load_user_data(config.data, device, classes=config.train.loss == "cross_entropy",
+                                items=bool(config.train.step or config.data.collate))
+    else:
+        splits = load_splits(config.data, device)
     if model_fn is None:
         model_fn = model_factory(config.model, splits.num_classes)
-    return Workload(splits, model_fn, device)
+    workload = Workload(splits, model_fn, device, make_task(config.train, step_fn), config.train)
+    check_first_step(workload.task, workload.new_model(config.train.seed),
+                     next(iter(eval_batches(splits.train, config.train.batch_size))))
+    return workload
 
 
 class RunResult(NamedTuple):
@@ -99,6 +124,9 @@ class Context:
     storage: optuna.storages.BaseStorage
     run: str
     decisions: dict[str, Decision] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config = self.config.resolved()  # the optimizer's weight decays where unset
 
     @property
     def splits(self) -> Splits:
@@ -159,7 +187,7 @@ class Context:
                 for repeat in range(repeats)]
         losses = [row["val_loss"] for row in rows]
         trial.set_user_attr("val_losses", losses)
-        trial.set_user_attr("val_accuracies", [row["val_accuracy"] for row in rows])
+        trial.set_user_attr("val_metrics", [row["val_metric"] for row in rows])
         return sum(losses) / len(losses)
 
     def range_tests(self, trial: Trial, batch_size: int, num_iters: int | None = None,
@@ -175,12 +203,13 @@ class Context:
         for repeat in range(cfg.lr_range.repeats):
             seed = cfg.train.seed + repeat
             model = self.workload.new_model(seed)
-            optimizer = make_sgd(model, cfg.lr_range.start_lr, cfg.lr_range.momentum,
-                                 cfg.lr_range.weight_decay, cfg.train.nesterov)
+            optimizer = self.workload.optimizer(model, cfg.lr_range.start_lr,
+                                                cfg.lr_range.momentum, cfg.lr_range.weight_decay)
             curves.append(range_test(model, optimizer, self.splits.train, self.splits.val,
                                      cfg.lr_range, batch_size, num_iters=num_iters,
                                      eval_batch_size=cfg.train.eval_batch_size,
-                                     generator=self.workload.generator(seed)))
+                                     generator=self.workload.generator(seed),
+                                     task=self.workload.task))
         curve = mean_curve(curves)
         if not prefix:
             for step, loss in zip(curve.val_steps, curve.val_losses, strict=True):
@@ -204,8 +233,7 @@ class Context:
         result = self.one_cycle_run(trial, hp, total_steps=epochs * per_epoch,
                                     eval_every=per_epoch, seed=seed, train=train,
                                     validate=False, prune=False)
-        score = evaluate(result.model, scored, self.config.train.eval_batch_size)
-        return Score(split, score, result.last["seconds"])
+        return Score(split, self.workload.evaluate(result.model, scored), result.last["seconds"])
 
 
 def _one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
@@ -213,7 +241,7 @@ def _one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
                    report: bool) -> RunResult:
     cfg = ctx.config
     model = ctx.workload.new_model(seed)
-    optimizer = make_sgd(model, hp.min_lr, hp.max_momentum, hp.weight_decay, cfg.train.nesterov)
+    optimizer = ctx.workload.optimizer(model, hp.min_lr, hp.max_momentum, hp.weight_decay)
     history: list[dict[str, Any]] = []
 
     def schedule(step: int):  # noqa: ANN202
@@ -224,8 +252,8 @@ def _one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
         k = math.ceil(step / eval_every)
         row: dict[str, Any] = {"step": step, "train_loss": train_loss, "seconds": seconds}
         if val is not None:
-            ev = evaluate(model, val, cfg.train.eval_batch_size)
-            row.update(val_loss=ev.loss, val_accuracy=ev.accuracy)
+            ev = ctx.workload.evaluate(model, val)
+            row.update(val_loss=ev.loss, val_metric=ev.metric)
         history.append(row)
         if not report:
             return
@@ -240,7 +268,7 @@ def _one_cycle_run(ctx: Context, trial: Trial, hp: HParams, *, total_steps: int,
     try:
         fit(model, optimizer, train, total_steps=total_steps, batch_size=hp.batch_size,
             schedule=schedule, eval_every=eval_every, on_eval=on_eval,
-            generator=ctx.workload.generator(seed))
+            generator=ctx.workload.generator(seed), task=ctx.workload.task)
     except Diverged as exc:
         if report:
             trial.set_user_attr("history", history)

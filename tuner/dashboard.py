@@ -6,10 +6,14 @@ fails the run);
 ``annotate_run`` fills in what a finished stage lacks (runs from before notes existed, or a
 note that could not be written), and uploads the range test as an SVG artifact, which the
 dashboard previews in the study's artifact list.
+
+The range test's note and the final training's say which optimizer ran them (and with which
+loss and metric), read from the run's stored configuration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -21,9 +25,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
 
-from tuner.config import ConfigError
-from tuner.report_data import get_range_test_info
+from tuner.config import ConfigError, StudyConfig, from_dict
+from tuner.report_data import OPTIMIZER_NAMES, get_range_test_info, training_of
 from tuner.stages import STAGES, Decision, Stage
+from tuner.stages.final import FinalDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.storage import (
     NoSuchRun,
@@ -34,6 +39,7 @@ from tuner.storage import (
     read_decision,
     run_names,
     storage_folder,
+    stored_config,
 )
 from tuner.version import __version__
 
@@ -53,10 +59,30 @@ RANGE_FIGURE_NOTE = ("The figure on this page: training (blue) and validation (o
 
 # --- notes and figures ----------------------------------------------------------------------
 
-def stage_note(stage: Stage, decision: Decision) -> str:
-    """The note of a decided stage (Markdown): what was decided, why, and how long it took."""
+def trained_with(decision: Decision, config: StudyConfig | None) -> str | None:
+    """Which optimizer ran the range test or the final training (with the loss and the metric
+    where the run's configuration is known); None for the other stages."""
+    if isinstance(decision, FinalDecision):
+        if config is None:
+            return f"{OPTIMIZER_NAMES.get(decision.optimizer, decision.optimizer)} (1cycle)"
+        t = dataclasses.replace(training_of(config), optimizer=decision.optimizer,
+                                metric=decision.metric_name)
+        return f"{t.describe()} (1cycle); loss {t.loss_name}; metric {t.metric or 'none'}"
+    if isinstance(decision, RangeDecision) and config is not None:
+        t = training_of(config)
+        return (f"{t.describe(config.lr_range.momentum)} (constant during the test); loss "
+                f"{t.loss_name}")
+    return None
+
+
+def stage_note(stage: Stage, decision: Decision, config: StudyConfig | None = None) -> str:
+    """The note of a decided stage (Markdown): what was decided, why, and how long it took;
+    for the range test and the final training, which optimizer ran (``config``: the run's)."""
     lines = [f"### {stage.title}", "", f"**Decided:** {decision.summary()}", "",
              f"**Why:** {decision.why}"]
+    ran = trained_with(decision, config)
+    if ran is not None:
+        lines += ["", f"**Trained with:** {ran}"]
     details = getattr(decision, "details", None)  # what a record adds (the range test's)
     if callable(details):
         lines += ["", details()]
@@ -66,10 +92,16 @@ def stage_note(stage: Stage, decision: Decision) -> str:
     return "\n".join(lines)
 
 
+def run_config(study: optuna.Study) -> StudyConfig | None:
+    """The configuration of the run ``study`` belongs to (None: none stored)."""
+    stored = stored_config(study._storage, study.study_name.rpartition("/")[0])  # noqa: SLF001
+    return from_dict(StudyConfig, stored) if stored else None
+
+
 def write_stage_note(study: optuna.Study, stage: Stage, decision: Decision) -> None:
     from optuna_dashboard import save_note
 
-    save_note(study, stage_note(stage, decision))
+    save_note(study, stage_note(stage, decision, run_config(study)))
 
 
 def has_note(study: optuna.Study) -> bool:

@@ -29,8 +29,9 @@ from tuner.sources import CIFAR_LIKE, DATASETS, Arrays, Split, channels_first, r
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATASETS", "Data", "LoaderData", "Splits", "TensorData", "batches", "concat",
-           "eval_batches", "load_splits", "make_splits", "split_validation"]
+__all__ = ["DATASETS", "Data", "ItemsData", "LoaderData", "Splits", "TensorData", "batches",
+           "concat", "eval_batches", "load_splits", "make_splits",
+           "split_validation"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -157,13 +158,66 @@ class LoaderData:
             yield self._prepare(x), y.to(self.device, non_blocking=True)
 
 
-Data = TensorData | LoaderData
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch with every tensor in it (in tuples, lists and dicts) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+@dataclass(frozen=True, eq=False)
+class ItemsData:
+    """Any map-style dataset whose items a training step function understands (dicts, tuples
+    of more than two tensors, ...): batched by a DataLoader with ``collate`` (torch's default
+    when None) and moved to ``device`` as they are: no normalisation, no augmentation."""
+
+    dataset: Dataset
+    indices: torch.Tensor  # int64, CPU
+    device: torch.device
+    collate: Callable[[list[Any]], Any] | None = None
+    workers: int = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to(self, device: torch.device | str) -> ItemsData:
+        return replace(self, device=torch.device(device))
+
+    def subset(self, index: torch.Tensor) -> ItemsData:
+        return replace(self, indices=self.indices[index.cpu()])
+
+    def head(self, n: int) -> ItemsData:
+        return replace(self, indices=self.indices[:n])
+
+    def _loader(self, order: torch.Tensor, batch_size: int, drop_last: bool) -> DataLoader:
+        return DataLoader(Subset(self.dataset, order.tolist()), batch_size=batch_size,
+                          drop_last=drop_last, num_workers=self.workers,
+                          collate_fn=self.collate, pin_memory=self.device.type == "cuda")
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None
+                ) -> Iterator[Any]:
+        seed = int(torch.randint(2**62, (1,), generator=generator,
+                                 device=generator.device if generator else "cpu"))
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        for batch in self._loader(self.indices[perm], batch_size, drop_last=True):
+            yield to_device(batch, self.device)
+
+    def eval_batches(self, batch_size: int) -> Iterator[Any]:
+        for batch in self._loader(self.indices, batch_size, drop_last=False):
+            yield to_device(batch, self.device)
+
+
+Data = TensorData | LoaderData | ItemsData
 
 
 def concat(a: Data, b: Data) -> Data:
     if isinstance(a, TensorData) and isinstance(b, TensorData):
         return replace(a, x=torch.cat([a.x, b.x]), y=torch.cat([a.y, b.y]))
-    if isinstance(a, LoaderData) and isinstance(b, LoaderData):
+    if isinstance(a, LoaderData | ItemsData) and type(a) is type(b):
         if a.dataset is b.dataset:
             return replace(a, indices=torch.cat([a.indices, b.indices]))
         joined = ConcatDataset([Subset(a.dataset, a.indices.tolist()),
@@ -196,7 +250,7 @@ def batches(data: Data, batch_size: int, generator: torch.Generator | None = Non
     """
     if batch_size > len(data):
         raise ValueError(f"batch_size={batch_size} exceeds the {len(data)} training samples.")
-    if isinstance(data, LoaderData):
+    if isinstance(data, LoaderData | ItemsData):
         yield from data.batches(batch_size, generator)
         return
     x_all, y_all, augment = data.x, data.y, data.augment
@@ -211,7 +265,7 @@ def batches(data: Data, batch_size: int, generator: torch.Generator | None = Non
 
 def eval_batches(data: Data, batch_size: int) -> Iterator[Batch]:
     """Every sample once, in order, in batches of ``batch_size`` (no augmentation)."""
-    if isinstance(data, LoaderData):
+    if isinstance(data, LoaderData | ItemsData):
         yield from data.eval_batches(batch_size)
         return
     for i in range(0, len(data), batch_size):
@@ -301,7 +355,8 @@ def materialize(split: Split, workers: int = 0, batch_size: int = 512) -> Arrays
     for x, y in loader:
         xs.append(x)
         ys.append(y)
-    return Arrays(torch.cat(xs), torch.cat(ys).long(), type(split).__name__)
+    y = torch.cat(ys)
+    return Arrays(torch.cat(xs), y if y.is_floating_point() else y.long(), type(split).__name__)
 
 
 def _as_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -343,10 +398,12 @@ def _is_uint8(split: Split) -> bool:
 
 
 def make_splits(train: Split, val: Split | None, test: Split | None, cfg: DataConfig,
-                device: torch.device | str = "cpu", name: str | None = None) -> Splits:
+                device: torch.device | str = "cpu", name: str | None = None,
+                classes: bool = True) -> Splits:
     """Train / validation / test from sources: a ``train_subset`` drawn, the validation split
     carved from train when ``val`` is None, normalised with the training split's per-channel
-    statistics, held as tensors on ``device`` when they fit (``cfg.hold``), else by loaders."""
+    statistics, held as tensors on ``device`` when they fit (``cfg.hold``), else by loaders.
+    ``classes``: targets are class indices, checked and counted (else values, kept as is)."""
     device = torch.device(device)
     name = name or cfg.name
     shape = sample_shape(train)
@@ -378,7 +435,7 @@ def make_splits(train: Split, val: Split | None, test: Split | None, cfg: DataCo
         splits = _loader_splits(train, val, test, keep, cfg, device, augment, normalize)
     num_classes = _num_classes(cfg, [s for s in (train, val, test) if s is not None],
                                [d for d in (splits.train, splits.val, splits.test)
-                                if d is not None], name)
+                                if d is not None], name) if classes else 0
     splits = Splits(splits.train, splits.val, splits.test, num_classes)
     log.info("data %s: %d train / %d val / %s test, %d classes, inputs %s, %s on %s", name,
              len(splits.train), len(splits.val),
@@ -451,8 +508,8 @@ class _ArraysDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.x[i], int(self.targets[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.targets[i]
 
 
 def load_splits(cfg: DataConfig, device: torch.device | str = "cpu") -> Splits:

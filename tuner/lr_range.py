@@ -35,7 +35,7 @@ class RangeCurve:
     val_steps: list[int] = field(default_factory=list)
     val_lrs: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
-    val_accuracies: list[float] = field(default_factory=list)
+    val_metrics: list[float | None] = field(default_factory=list)  # None: no metric
     stop_reason: str = "end_lr reached"
     stop_step: int | None = None
 
@@ -64,8 +64,10 @@ def mean_curve(curves: Sequence[RangeCurve]) -> RangeCurve:
         n_val += 1
     first_stop = min(curves, key=lambda c: len(c.lrs))
 
-    def mean(lists: list[list[float]], n: int) -> list[float]:
-        return [sum(xs) / len(xs) for xs in zip(*(values[:n] for values in lists), strict=True)]
+    def mean(lists: list[list[float | None]], n: int) -> list[float | None]:
+        """Point-wise means (None where a test measured no metric)."""
+        columns = zip(*(values[:n] for values in lists), strict=True)
+        return [None if None in xs else sum(xs) / len(xs) for xs in columns]
 
     curve = RangeCurve(
         lrs=list(curves[0].lrs[:n_steps]),
@@ -73,7 +75,7 @@ def mean_curve(curves: Sequence[RangeCurve]) -> RangeCurve:
         val_steps=list(curves[0].val_steps[:n_val]),
         val_lrs=list(curves[0].val_lrs[:n_val]),
         val_losses=mean([c.val_losses for c in curves], n_val),
-        val_accuracies=mean([c.val_accuracies for c in curves], n_val),
+        val_metrics=mean([c.val_metrics for c in curves], n_val),
         stop_reason=first_stop.stop_reason,
         stop_step=first_stop.stop_step,
     )
@@ -84,11 +86,11 @@ def mean_curve(curves: Sequence[RangeCurve]) -> RangeCurve:
         for c in curves:
             later = [i for i, step in enumerate(c.val_steps) if step >= first_stop.stop_step]
             if later:
-                rows.append((c.val_losses[later[0]], c.val_accuracies[later[0]]))
+                rows.append((c.val_losses[later[0]], c.val_metrics[later[0]]))
         curve.val_steps.append(first_stop.val_steps[-1])
         curve.val_lrs.append(first_stop.val_lrs[-1])
-        curve.val_losses.append(sum(r[0] for r in rows) / len(rows))
-        curve.val_accuracies.append(sum(r[1] for r in rows) / len(rows))
+        curve.val_losses.append(*mean([[r[0]] for r in rows], 1))
+        curve.val_metrics.append(*mean([[r[1]] for r in rows], 1))
     return curve
 
 

@@ -13,9 +13,7 @@ in ``[model.kwargs]``). The networks are those of Smith's paper and of MNIST-1D:
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tuner.config import ConfigError, ModelConfig
+from tuner.imports import import_callable
 from tuner.text import first_line
 
 
@@ -154,28 +153,10 @@ def resolve_model(cfg: ModelConfig) -> ModelFactory:
             raise ConfigError(f"unknown model model.name={name!r}; valid: "
                               f"{', '.join(sorted(MODELS))}, or 'package.module:factory'.")
         return MODELS[name]
-    module_name, _, attr = name.partition(":")
-    if not module_name or not attr:
+    if not all(name.partition(":")[::2]):
         raise ConfigError(f"model.name={name!r} must be a built-in name or "
                           f"'package.module:factory'.")
-    if cfg.path and cfg.path not in sys.path:
-        sys.path.insert(0, cfg.path)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 -- any error while importing user code
-        where = f" (looked in model.path={cfg.path!r} and sys.path)" if cfg.path else ""
-        raise ConfigError(f"model.name={name!r}: cannot import module {module_name!r}{where}: "
-                          f"{type(exc).__name__}: {first_line(exc)}") from None
-    factory = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise ConfigError(f"model.name={name!r}: module {module_name!r} "
-                              f"({getattr(module, '__file__', '?')}) has no {attr!r}.")
-    if not callable(factory):
-        raise ConfigError(f"model.name={name!r}: {attr!r} is not callable, but got "
-                          f"{type(factory).__name__}.")
-    return factory
+    return import_callable(name, "model.name", cfg.path, "model.path")
 
 
 def _accepts(factory: Callable[..., Any], param: str) -> bool:

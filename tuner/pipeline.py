@@ -34,6 +34,7 @@ from tuner.storage import (
     read_decision,
     run_names,
 )
+from tuner.task import StepFn
 
 log = logging.getLogger(__name__)
 OnDecided = Callable[[Stage, optuna.Study, Decision], None]
@@ -77,14 +78,26 @@ class Result:
         return self.values.batch_size
 
     @property
-    def accuracy(self) -> float:
-        """The final score: test accuracy, or validation accuracy without a test split."""
-        return self.final.accuracy
+    def metric(self) -> float | None:
+        """The final metric (``final.metric_name``) on the test split, or on the validation
+        split without one; None when the task has no metric."""
+        return self.final.metric
+
+    @property
+    def accuracy(self) -> float | None:
+        """The final accuracy (test, or validation without a test split); None when the
+        metric is not accuracy (a regression has none)."""
+        return self.final.metric if self.final.metric_name == "accuracy" else None
 
     @property
     def test_accuracy(self) -> float | None:
-        """Mean over the final seeds; None when the data had no test split."""
-        return self.final.accuracy if self.final.scored_on == "test" else None
+        """Mean over the final seeds; None without a test split or an accuracy metric."""
+        return self.accuracy if self.final.scored_on == "test" else None
+
+    @property
+    def loss(self) -> float:
+        """The final loss (test, or validation without a test split)."""
+        return self.final.loss
 
     @property
     def test_loss(self) -> float | None:
@@ -96,6 +109,7 @@ def settings(config: StudyConfig, url: str, run_name: str | None, fresh: bool,
     """What the run will run: an existing run's stored settings (with this worker's own
     device, threads and data loading), else ``config`` fitted to ``budget_s`` seconds of
     tuning on this machine (``tuner.budget``), else ``config``."""
+    config = config.resolved()
     if budget_s is None:
         return config
     check_budget(budget_s)
@@ -118,24 +132,26 @@ def with_runtime(stored: StudyConfig, local: StudyConfig) -> StudyConfig:
 def prepare(config: StudyConfig, storage: str = DEFAULT_STORAGE, run_name: str | None = None,
             fresh: bool = False) -> str:
     """Create (or check) the run so that workers can join it; return its name."""
-    return Run.start(storage, config, run_name, fresh).name
+    return Run.start(storage, config.resolved(), run_name, fresh).name
 
 
 def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | None = None,
         fresh: bool = False, model_fn: Callable[[], nn.Module] | None = None,
         splits: Splits | None = None, budget_s: float | None = None,
-        workload: Workload | None = None, on_decided: OnDecided | None = None) -> Result:
+        workload: Workload | None = None, on_decided: OnDecided | None = None,
+        step_fn: StepFn | None = None) -> Result:
     """Run (or resume, or join as one more worker) every stage and return the decisions.
 
-    ``model_fn`` and ``splits`` replace the built-in model and dataset named in ``config``
-    (or pass a ``workload`` already loaded). ``budget_s`` fits a new run to that many tuning
-    seconds on this machine (``tuner.budget``); a run that exists already keeps the settings it
-    was started with. Any number of processes may call this with the same storage and run name
-    at once: they share each stage's trials and all reach the same decisions.
+    ``model_fn`` and ``splits`` replace the built-in model and dataset named in ``config``,
+    ``step_fn`` its training step (or pass a ``workload`` already loaded). ``budget_s`` fits a
+    new run to that many tuning seconds on this machine (``tuner.budget``); a run that exists
+    already keeps the settings it was started with. Any number of processes may call this with
+    the same storage and run name at once: they share each stage's trials and all reach the
+    same decisions.
     """
     if budget_s is not None:
         check_budget(budget_s)
-    workload = workload or load_workload(config, model_fn, splits)
+    workload = workload or load_workload(config, model_fn, splits, step_fn)
     config = settings(config, storage, run_name, fresh, budget_s, workload)
     handle = Run.start(storage, config, run_name, fresh)
     log.info("run %r in %s", handle.name, handle.url)

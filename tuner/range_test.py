@@ -14,6 +14,7 @@ from tuner.config import LRRangeConfig
 from tuner.data import Data
 from tuner.lr_range import RangeCurve
 from tuner.schedules import LRMomentum, range_test_lr
+from tuner.task import CLASSIFICATION, Task
 from tuner.train import Diverged, evaluate, fit
 
 
@@ -25,7 +26,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, train: Data,
                val: Data, cfg: LRRangeConfig, batch_size: int, *,
                num_iters: int | None = None, eval_batch_size: int = 2048,
                on_eval: Callable[[int, float, float], None] | None = None,
-               generator: torch.Generator | None = None) -> RangeCurve:
+               generator: torch.Generator | None = None, task: Task = CLASSIFICATION
+               ) -> RangeCurve:
     """Run the range test on ``model``/``optimizer`` and restore both afterwards.
 
     ``on_eval(step, lr, val_loss)`` is called at each validation measurement (for reporting).
@@ -43,11 +45,11 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, train: Data,
 
     def measure(step: int) -> None:
         lr = lr_at(max(step - 1, 0))
-        result = evaluate(model, val, eval_batch_size)
+        result = evaluate(model, val, eval_batch_size, task)
         curve.val_steps.append(step)
         curve.val_lrs.append(lr)
         curve.val_losses.append(result.loss)
-        curve.val_accuracies.append(result.accuracy)
+        curve.val_metrics.append(result.metric)
         if on_eval is not None:
             on_eval(step, lr, result.loss)
 
@@ -70,7 +72,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, train: Data,
         fit(model, optimizer, train, total_steps=num_iters, batch_size=batch_size,
             schedule=lambda step: LRMomentum(lr_at(step), None),  # momentum as set
             eval_every=cfg.eval_every, on_eval=lambda step, _loss, _s: measure(step),
-            on_step=on_step, generator=generator)
+            on_step=on_step, generator=generator, task=task)
     except _Stop:
         pass
     except Diverged as exc:

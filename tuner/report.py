@@ -4,6 +4,10 @@ The numbers come from ``tuner.report_data`` (plain lists); this module only draw
 page embeds plotly.js once, inline, so it opens without a network; plot data are rounded to
 five significant digits and the per-step range-test curve is thinned, which keeps the report of
 the default study within a few hundred kilobytes of plotly.js itself.
+
+The metric is the run's (``[train] metric``): labelled with its name, accuracy as a percentage,
+and left out altogether where the run measured none (a regression). The range test and the
+final training say which optimizer ran them.
 """
 
 from __future__ import annotations
@@ -29,15 +33,17 @@ from tuner.report_data import (
     RefineInfo,
     RunInfo,
     StageInfo,
+    Training,
     TrialCurve,
     downsample,
     find_run,
     load_run,
     loss_window,
+    range_test_title,
 )
 from tuner.stages.lr_range import SUGGESTION_NAMES
 from tuner.storage import Run, storage_folder
-from tuner.text import split_name
+from tuner.text import format_metric, split_name
 from tuner.version import __version__
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,23 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _metric_format(name: str) -> str:
+    """How plotly formats the metric ``name``: accuracy as a percentage."""
+    return ".1%" if name == "accuracy" else ".4g"
+
+
+def _metric_hover(name: str | None, ref: str = "customdata") -> str:
+    """The hover line of the metric at ``%{ref}`` ("" without a metric)."""
+    if name is None:
+        return ""
+    return f"<br>{html.escape(name)} %{{{ref}:{_metric_format(name)}}}"
+
+
+def _metric_data(name: str | None, values: Sequence[float | None]) -> list[float | None] | None:
+    """The metric's values as a trace's customdata (None without a metric)."""
+    return _r(values, 4) if name is not None else None
+
+
 # --- LR range test --------------------------------------------------------------------------
 
 def _vertical(fig: go.Figure, x: float, lo: float, hi: float, name: str, color: str,
@@ -118,12 +141,13 @@ def range_test_figure(info: RangeTestInfo, title: str | None = None) -> go.Figur
             line={"color": PALETTE[1], "width": 1, "dash": "dot"}, opacity=0.6,
             hovertemplate="LR %{x:.3g}<br>loss %{y:.4g}<extra>test " + str(i + 1) + "</extra>"))
     fig.add_trace(go.Scatter(
-        x=_r(info.val_lrs), y=_r(info.val_losses), customdata=_r(info.val_accuracies, 4),
+        x=_r(info.val_lrs), y=_r(info.val_losses),
+        customdata=_metric_data(info.metric_name, info.val_metrics),
         mode="lines+markers", name="validation loss" + (" (mean)" if info.val_losses_each
                                                         else ""),
         line={"color": PALETTE[1], "width": 2.5}, marker={"size": 4},
-        hovertemplate="LR %{x:.3g}<br>val loss %{y:.4g}<br>accuracy %{customdata:.1%}"
-                      "<extra>validation</extra>"))
+        hovertemplate="LR %{x:.3g}<br>val loss %{y:.4g}" + _metric_hover(info.metric_name)
+                      + "<extra>validation</extra>"))
     for (key, value), dash in zip(info.suggestions.items(), ("dash", "dot", "dashdot"),
                                   strict=False):
         _vertical(fig, value, lo, hi, f"suggestion: {SUGGESTION_NAMES.get(key, key)} {value:.3g}",
@@ -135,12 +159,12 @@ def range_test_figure(info: RangeTestInfo, title: str | None = None) -> go.Figur
             marker={"symbol": "x", "size": 14, "color": CHOSEN, "line": {"width": 2}},
             hovertemplate=html.escape(info.stop_reason) + "<extra>stop</extra>"))
     fig.update_layout(
-        template=TEMPLATE, height=520,
-        title=title or f"LR range test (batch size {info.batch_size})",
+        template=TEMPLATE, height=520, title=title or range_test_title(info),
         xaxis={"title": "learning rate" + (" (log scale)" if info.log_lr else ""),
                "type": "log" if info.log_lr else "linear"},
-        yaxis={"title": "loss (cross-entropy)", "range": [lo, hi]})
+        yaxis={"title": f"loss ({info.training.loss_name})", "range": [lo, hi]})
     return fig
+
 
 
 # --- momentum and weight decay --------------------------------------------------------------
@@ -160,10 +184,10 @@ def grid_stage_figure(info: GridStageInfo) -> go.Figure:
         style = _trial_style(c, i)
         x = c.reports[:len(c.val_losses)]
         fig.add_trace(go.Scatter(
-            x=x, y=_r(c.val_losses), customdata=_r(c.val_accuracies, 4), mode="lines+markers",
-            name=f"{info.label} {c.label}", line=style, marker={"size": 5},
+            x=x, y=_r(c.val_losses), customdata=_metric_data(info.metric_name, c.val_metrics),
+            mode="lines+markers", name=f"{info.label} {c.label}", line=style, marker={"size": 5},
             hovertemplate=f"{info.label} {_fmt(c.value)}<br>epoch %{{x}}<br>val loss %{{y:.4f}}"
-                          "<br>accuracy %{customdata:.1%}<extra></extra>"))
+                          + _metric_hover(info.metric_name) + "<extra></extra>"))
         if c.state in ("pruned", "diverged") and x:
             last = next((v for v in reversed(c.val_losses) if v is not None), None)
             fig.add_trace(go.Scatter(
@@ -183,15 +207,42 @@ def grid_stage_figure(info: GridStageInfo) -> go.Figure:
 
 # --- batch size -----------------------------------------------------------------------------
 
+def _batch_size_layout(info: GridStageInfo) -> go.Figure:
+    """Validation loss (and the metric, where there is one) above, the range tests below."""
+    metric, ranges = info.metric_name, bool(info.range_tests)
+    top = [{}, {}] if metric is not None else [{}]
+    bottom = [{"colspan": 2}, None] if metric is not None else [{}]
+    return make_subplots(
+        rows=2 if ranges else 1, cols=len(top), vertical_spacing=0.16, horizontal_spacing=0.1,
+        specs=[top, bottom] if ranges else [top],
+        subplot_titles=["validation loss"]
+        + ([f"validation {metric}"] if metric is not None else [])
+        + (["each size's LR range test (validation loss; ● its max LR)"] if ranges else []))
+
+
+def _size_range_test(fig: go.Figure, c: TrialCurve, rt: RangeTestInfo, style: dict[str, Any],
+                     ) -> None:
+    """One size's own range test (validation loss against LR) and its max LR, below."""
+    fig.add_trace(go.Scatter(x=_r(rt.val_lrs), y=_r(rt.val_losses), mode="lines",
+                             name=f"batch {c.label}", legendgroup=str(c.value), showlegend=False,
+                             line={**style, "dash": "solid"},
+                             hovertemplate=f"batch {c.value}<br>LR %{{x:.3g}}<br>val "
+                                           "loss %{y:.4g}<extra></extra>"), 2, 1)
+    if rt.max_lr is not None:
+        best = min(range(len(rt.val_lrs)), key=lambda j: abs(rt.val_lrs[j] - rt.max_lr))
+        fig.add_trace(go.Scatter(
+            x=_r([rt.max_lr]), y=_r([rt.val_losses[best]]), mode="markers",
+            legendgroup=str(c.value), showlegend=False,
+            marker={"size": 10, "color": style["color"]},
+            hovertemplate=f"batch {c.value}: max LR {rt.max_lr:.3g}, min LR "
+                          f"{(rt.min_lr or 0):.3g}<extra></extra>"), 2, 1)
+
+
 def batch_size_figure(info: GridStageInfo) -> go.Figure:
-    """Validation loss and accuracy against training seconds, one line per size; below, each
-    size's own range test with the max LR it got."""
-    has_ranges = bool(info.range_tests)
-    fig = make_subplots(
-        rows=2 if has_ranges else 1, cols=2, vertical_spacing=0.16, horizontal_spacing=0.1,
-        specs=[[{}, {}], [{"colspan": 2}, None]] if has_ranges else [[{}, {}]],
-        subplot_titles=["validation loss", "validation accuracy"]
-        + (["each size's LR range test (validation loss; ● its max LR)"] if has_ranges else []))
+    """Validation loss (and the metric) against training seconds, one line per size; below,
+    each size's own range test with the max LR it got."""
+    fig = _batch_size_layout(info)
+    metric = info.metric_name
     for i, c in enumerate(info.trials):
         style = _trial_style(c, i)
         name = f"batch {c.label}"
@@ -201,79 +252,90 @@ def batch_size_figure(info: GridStageInfo) -> go.Figure:
         fig.add_trace(go.Scatter(x=secs, y=_r(c.val_losses), name=name,
                                  hovertemplate=f"batch {c.value}<br>%{{x:.2f}} s<br>val loss "
                                                "%{y:.4f}<extra></extra>", **common), 1, 1)
-        fig.add_trace(go.Scatter(x=secs, y=_r(c.val_accuracies, 4), name=name, showlegend=False,
-                                 hovertemplate=f"batch {c.value}<br>%{{x:.2f}} s<br>accuracy "
-                                               "%{y:.1%}<extra></extra>", **common), 1, 2)
+        if metric is not None:
+            fig.add_trace(go.Scatter(
+                x=secs, y=_r(c.val_metrics, 4), name=name, showlegend=False,
+                hovertemplate=f"batch {c.value}<br>%{{x:.2f}} s" + _metric_hover(metric, "y")
+                              + "<extra></extra>", **common), 1, 2)
         rt = info.range_tests.get(c.value)
         if rt is not None:
-            fig.add_trace(go.Scatter(x=_r(rt.val_lrs), y=_r(rt.val_losses), mode="lines",
-                                     name=name, legendgroup=str(c.value), showlegend=False,
-                                     line={**style, "dash": "solid"},
-                                     hovertemplate=f"batch {c.value}<br>LR %{{x:.3g}}<br>val "
-                                                   "loss %{y:.4g}<extra></extra>"), 2, 1)
-            if rt.max_lr is not None:
-                best = min(range(len(rt.val_lrs)), key=lambda j: abs(rt.val_lrs[j] - rt.max_lr))
-                fig.add_trace(go.Scatter(
-                    x=_r([rt.max_lr]), y=_r([rt.val_losses[best]]), mode="markers",
-                    legendgroup=str(c.value), showlegend=False,
-                    marker={"size": 10, "color": style["color"]},
-                    hovertemplate=f"batch {c.value}: max LR {rt.max_lr:.3g}, min LR "
-                                  f"{(rt.min_lr or 0):.3g}<extra></extra>"), 2, 1)
+            _size_range_test(fig, c, rt, style)
     budget = f", {info.budget_s:g} s of training each" if info.budget_s else ""
     decided = f"chosen: {info.chosen}" if info.chosen is not None else "not decided"
     fig.update_xaxes(title_text="training seconds", row=1)
-    fig.update_yaxes(tickformat=".0%", row=1, col=2)
-    if has_ranges:
+    if metric == "accuracy":
+        fig.update_yaxes(tickformat=".0%", row=1, col=2)
+    if info.range_tests:
         fig.update_xaxes(title_text="learning rate (log scale)", type="log", row=2, col=1)
         windows = [loss_window(rt) for rt in info.range_tests.values()]
         fig.update_yaxes(title_text="validation loss", row=2, col=1,
                          range=[min(w[0] for w in windows), max(w[1] for w in windows)])
-    fig.update_layout(template=TEMPLATE, height=800 if has_ranges else 460,
+    fig.update_layout(template=TEMPLATE, height=800 if info.range_tests else 460,
                       title=f"{info.title} ({decided}{budget})")
     return fig
 
 
 # --- final training -------------------------------------------------------------------------
 
+def _final_schedule_traces(fig: go.Figure, info: FinalInfo) -> None:
+    """The 1cycle LR and momentum (Adam: beta1) the final training ran, left."""
+    momentum = info.training.momentum_name
+    fig.add_trace(go.Scatter(x=_r(info.schedule_epochs, 4), y=_r(info.schedule_lrs),
+                             mode="lines", name="learning rate",
+                             line={"color": PALETTE[0], "width": 2.5},
+                             hovertemplate="epoch %{x:.2f}<br>LR %{y:.3g}<extra></extra>"),
+                  1, 1, secondary_y=False)
+    fig.add_trace(go.Scatter(x=_r(info.schedule_epochs, 4), y=_r(info.schedule_momenta),
+                             mode="lines", name=momentum,
+                             line={"color": PALETTE[1], "width": 2.5, "dash": "dash"},
+                             hovertemplate=f"epoch %{{x:.2f}}<br>{momentum} %{{y:.3f}}"
+                                           "<extra></extra>"),
+                  1, 1, secondary_y=True)
+
+
+def _seed_score(info: FinalInfo, c: TrialCurve) -> str:
+    """How the legend scores a seed: its metric, else its loss, else how it ended."""
+    split, name = split_name(info.scored_on), info.metric_name
+    metric = c.attrs.get(f"{info.scored_on}_metric")
+    if name is not None and metric is not None:
+        return f": {split} {name} {format_metric(name, metric)}"
+    loss = c.attrs.get(f"{info.scored_on}_loss")
+    return f": {split} loss {loss:.4f}" if loss is not None else f" ({c.state})"
+
+
+def final_title(info: FinalInfo, title: str = "Final 1cycle training") -> str:
+    """The stage's title, the optimizer, and the scores: the metric where there is one."""
+    head = f"{title} ({info.optimizer_text})"
+    split, name = split_name(info.scored_on), info.metric_name
+    if info.loss is None:
+        return f"{head}, not finished"
+    loss = f"{split} loss {info.loss:.4f}"
+    if name is None or info.metric is None:
+        return f"{head}: {loss} ± {info.loss_sd or 0:.4f}"
+    return (f"{head}: {split} {name} {format_metric(name, info.metric)} ± "
+            f"{format_metric(name, info.metric_sd or 0.0, sign=False)}, {loss}")
+
+
 def final_figure(info: FinalInfo, title: str = "Final 1cycle training") -> go.Figure:
     """The 1cycle LR and momentum schedules it ran, and each seed's training loss per epoch."""
-    split = split_name(info.scored_on)
     trained_on = "train + validation" if info.scored_on == "test" else "train"
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.18,
                         specs=[[{"secondary_y": True}, {}]],
                         subplot_titles=["1cycle schedule", f"training loss ({trained_on})"])
     if info.schedule_epochs:
-        fig.add_trace(go.Scatter(x=_r(info.schedule_epochs, 4), y=_r(info.schedule_lrs),
-                                 mode="lines", name="learning rate",
-                                 line={"color": PALETTE[0], "width": 2.5},
-                                 hovertemplate="epoch %{x:.2f}<br>LR %{y:.3g}<extra></extra>"),
-                      1, 1, secondary_y=False)
-        fig.add_trace(go.Scatter(x=_r(info.schedule_epochs, 4), y=_r(info.schedule_momenta),
-                                 mode="lines", name="momentum",
-                                 line={"color": PALETTE[1], "width": 2.5, "dash": "dash"},
-                                 hovertemplate="epoch %{x:.2f}<br>momentum %{y:.3f}"
-                                               "<extra></extra>"),
-                      1, 1, secondary_y=True)
+        _final_schedule_traces(fig, info)
     for i, c in enumerate(info.trials):
-        acc = c.attrs.get(f"{info.scored_on}_accuracy")
-        score = (f": {split} accuracy {100 * acc:.2f}%" if acc is not None
-                 else f" ({c.state})")
         fig.add_trace(go.Scatter(x=c.reports, y=_r(c.train_losses), mode="lines+markers",
-                                 name=f"seed {c.value}{score}",
+                                 name=f"seed {c.value}{_seed_score(info, c)}",
                                  line={"color": _color(i + 2), "width": 2}, marker={"size": 4},
                                  hovertemplate="epoch %{x}<br>train loss %{y:.4f}"
                                                "<extra></extra>"), 1, 2)
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="learning rate", secondary_y=False, row=1, col=1)
-    fig.update_yaxes(title_text="momentum", secondary_y=True, row=1, col=1, showgrid=False,
-                     tickformat=".3f")
+    fig.update_yaxes(title_text=info.training.momentum_name, secondary_y=True, row=1, col=1,
+                     showgrid=False, tickformat=".3f")
     fig.update_yaxes(title_text="training loss", row=1, col=2)
-    if info.accuracy is not None:
-        title = (f"{title}: {split} accuracy {100 * info.accuracy:.2f}% "
-                 f"± {100 * (info.accuracy_sd or 0):.2f}, {split} loss {info.loss:.4f}")
-    else:
-        title = f"{title} (not finished)"
-    fig.update_layout(template=TEMPLATE, height=460, title=title)
+    fig.update_layout(template=TEMPLATE, height=460, title=final_title(info, title))
     return fig
 
 
@@ -299,7 +361,8 @@ def refine_figure(info: RefineInfo, title: str = "Refinement") -> go.Figure:
                          f"{p.state}, confirmation (seed +{p.repeat})" if p.repeat else p.state]
                         for p in ps],
             hovertemplate="trial %{customdata[0]}: %{customdata[2]}<br>max LR %{x:.4g}<br>"
-                          "momentum %{customdata[1]}<br>val loss %{y:.4f}<extra></extra>"))
+                          f"{info.training.momentum_name} %{{customdata[1]}}<br>val loss "
+                          "%{y:.4f}<extra></extra>"))
     for number, label, size in ((info.staged, "staged values", 22), (info.chosen, "chosen", 16)):
         p = next((p for p in done if p.number == number), None)
         if p is not None:
@@ -359,6 +422,13 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], numeric: Collec
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def training_text(t: Training) -> str:
+    """What the run trained with, in a line: optimizer, loss, metric."""
+    cycled = f" (the momentum stage grids {t.momentum_name})" if t.adam else ""
+    return (f"optimizer {t.describe()}{cycled} · loss {t.loss_name} · metric "
+            f"{t.metric or 'none'} · every decision on validation loss")
+
+
 def _summary_html(info: RunInfo) -> str:
     rows = []
     for s in info.stages:
@@ -366,7 +436,8 @@ def _summary_html(info: RunInfo) -> str:
         seconds = f"{s.seconds:.1f} s" if s.seconds is not None else "–"
         rows.append([s.title, s.status, s.chosen or "–", trials, seconds])
     rows.append(["total", "", "", "", f"{info.total_seconds:.1f} s"])
-    return _table(rows, ["stage", "status", "decision", "trials", "time"], numeric={4})
+    return (f"<p class=meta>{html.escape(training_text(info.training))}</p>"
+            + _table(rows, ["stage", "status", "decision", "trials", "time"], numeric={4}))
 
 
 def _environment_html(info: RunInfo) -> str:

@@ -6,10 +6,15 @@ for a whole run. Decisions are read as the stages' typed records, stage titles a
 parameters come from the registry (``tuner.stages``). ``tuner.report`` draws the numbers,
 ``tuner.tables`` tabulates them, the tests check them without plotly. Nothing here imports
 torch or the training path.
+
+What the run trained with (``Training``: optimizer, loss, metric) comes from its stored
+configuration: the readers name the metric as the run named it (accuracy as a percentage, any
+other metric as a number) and show none where the run measured none (a regression).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +23,7 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import LRRangeConfig, ScheduleConfig, StudyConfig, from_dict
+from tuner.config import ScheduleConfig, StudyConfig, TrainConfig, from_dict
 from tuner.environment import ENVIRONMENT_ATTR
 from tuner.lr_range import ema
 from tuner.schedules import one_cycle
@@ -52,6 +57,56 @@ def study_config(study: optuna.Study, config: StudyConfig | None = None) -> Stud
         return config
     stored = study.user_attrs.get(CONFIG_ATTR)
     return from_dict(StudyConfig, stored) if stored else StudyConfig()
+
+
+OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}
+LOSS_NAMES = {"cross_entropy": "cross-entropy", "mse": "MSE", "bce_with_logits": "BCE with logits"}
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a run trained with, as the readers name it (from ``[train]``)."""
+
+    optimizer: str = "sgd"  # sgd | adamw | adam
+    beta2: float = 0.99  # Adam's
+    loss: str = "cross_entropy"  # a built-in loss, or "module:callable"
+    metric: str | None = "accuracy"  # the metric's name (None: the run measured none)
+
+    @classmethod
+    def of(cls, train: TrainConfig) -> Training:
+        return cls(optimizer=train.optimizer, beta2=train.beta2, loss=train.loss,
+                   metric=train.metric_name())
+
+    @property
+    def adam(self) -> bool:
+        return self.optimizer != "sgd"
+
+    @property
+    def momentum_name(self) -> str:
+        """What the momentum stage grids and 1cycle cycles: SGD's momentum, Adam's beta1."""
+        return "beta1" if self.adam else "momentum"
+
+    @property
+    def loss_name(self) -> str:
+        return LOSS_NAMES.get(self.loss, self.loss.rpartition(":")[2])
+
+    def describe(self, momentum: float | None = None) -> str:
+        """"SGD, momentum 0.9", "AdamW, beta1 0.9, beta2 0.99"; without ``momentum`` (the
+        1cycle schedule cycles it) "SGD", "AdamW, beta2 0.99"."""
+        parts = [OPTIMIZER_NAMES.get(self.optimizer, self.optimizer)]
+        if momentum is not None:
+            parts.append(f"{self.momentum_name} {momentum:g}")
+        if self.adam:
+            parts.append(f"beta2 {self.beta2:g}")
+        return ", ".join(parts)
+
+
+def training_of(config: StudyConfig | dict[str, Any] | None) -> Training:
+    """What a run trained with, from its configuration (as stored, or read); the defaults
+    without one."""
+    if isinstance(config, dict):
+        config = from_dict(StudyConfig, config) if config else None
+    return Training.of(config.train) if config is not None else Training()
 
 
 def history_rows(trial: FrozenTrial) -> list[dict[str, Any]]:
@@ -109,7 +164,7 @@ class RangeTestInfo:
     train_smoothed: list[float | None]  # bias-corrected EMA: what the stop rule looks at
     val_lrs: list[float]
     val_losses: list[float | None]  # mean over the repeats
-    val_accuracies: list[float | None]
+    val_metrics: list[float | None]  # all None without a metric
     val_losses_each: list[list[float | None]]  # each repeat (empty with a single test)
     log_lr: bool  # the LR rose exponentially: draw it on a log axis
     min_lr: float | None  # None when no range could be read off the curve
@@ -120,6 +175,22 @@ class RangeTestInfo:
     stop_loss: float | None  # the smoothed training loss there
     batch_size: int | None
     why: str
+    training: Training = Training()
+    momentum: float | None = None  # the test's constant momentum (Adam: beta1)
+
+    @property
+    def metric_name(self) -> str | None:
+        return self.training.metric
+
+    @property
+    def optimizer_text(self) -> str:
+        """Which optimizer ran the test: "SGD, momentum 0.9", "AdamW, beta1 0.9, beta2 0.99"."""
+        return self.training.describe(self.momentum)
+
+
+def range_test_title(info: RangeTestInfo) -> str:
+    """"LR range test (batch size 64; SGD, momentum 0.9)": which optimizer ran it."""
+    return f"LR range test (batch size {info.batch_size}; {info.optimizer_text})"
 
 
 def get_range_test_info(study: optuna.Study, config: StudyConfig | None = None
@@ -138,7 +209,7 @@ def get_range_test_info(study: optuna.Study, config: StudyConfig | None = None
         lr = LRChoice(None, None, attrs.get("no_range", "no LR range was decided (see the "
                                                          "run's log)."))
         batch_size = cfg.train.batch_size
-    return range_info_from_attrs(attrs, cfg.lr_range, batch_size, lr)
+    return range_info_from_attrs(attrs, cfg, batch_size, lr)
 
 
 def _smoothed(raw: list[float | None], beta: float) -> list[float | None]:
@@ -147,14 +218,14 @@ def _smoothed(raw: list[float | None], beta: float) -> list[float | None]:
     return [*ema([x for x in raw[:n] if x is not None], beta), *([None] * (len(raw) - n))]
 
 
-def range_info_from_attrs(attrs: dict[str, Any], cfg: LRRangeConfig, batch_size: int | None,
+def range_info_from_attrs(attrs: dict[str, Any], cfg: StudyConfig, batch_size: int | None,
                           lr: LRChoice, prefix: str = "") -> RangeTestInfo:
     """A range test from a trial's user attrs (``{prefix}curve``, ``{prefix}suggestions``,
     ``{prefix}val_losses_each``) and the range read off it."""
     curve = attrs[f"{prefix}curve"]
     lrs = [float(x) for x in curve["lrs"]]
     raw = [finite(x) for x in curve["train_losses"]]
-    smoothed = _smoothed(raw, cfg.smooth)
+    smoothed = _smoothed(raw, cfg.lr_range.smooth)
     stop_lr = stop_loss = None
     stop_step = curve.get("stop_step")
     if stop_step is not None and lrs:
@@ -167,14 +238,20 @@ def range_info_from_attrs(attrs: dict[str, Any], cfg: LRRangeConfig, batch_size:
         lrs=lrs, train_losses=raw, train_smoothed=smoothed,
         val_lrs=[float(x) for x in curve["val_lrs"]],
         val_losses=[finite(x) for x in curve["val_losses"]],
-        val_accuracies=[finite(x) for x in curve["val_accuracies"]],
+        val_metrics=_metrics(curve.get("val_metrics"), len(curve["val_losses"])),
         val_losses_each=[[finite(x) for x in losses] for losses in each] if len(each) > 1
         else [],
-        log_lr=cfg.mode == "exp", min_lr=lr.min_lr, max_lr=lr.max_lr,
+        log_lr=cfg.lr_range.mode == "exp", min_lr=lr.min_lr, max_lr=lr.max_lr,
         suggestions={k: float(v) for k, v in (attrs.get(f"{prefix}suggestions") or {}).items()
                      if finite(v) is not None},
         stop_reason=curve.get("stop_reason", ""), stop_lr=stop_lr, stop_loss=stop_loss,
-        batch_size=batch_size, why=lr.why)
+        batch_size=batch_size, why=lr.why, training=training_of(cfg),
+        momentum=cfg.lr_range.momentum)
+
+
+def _metrics(values: Sequence[Any] | None, n: int) -> list[float | None]:
+    """A curve's metric values (None each where it measured none)."""
+    return [finite(x) for x in values] if values else [None] * n
 
 
 def loss_window(info: RangeTestInfo) -> tuple[float, float]:
@@ -205,8 +282,8 @@ class TrialCurve:
     seconds: list[float]  # training seconds so far (evaluation not counted)
     train_losses: list[float | None]
     val_losses: list[float | None]  # empty for final training (no validation split)
-    val_accuracies: list[float | None]
-    objective: float | None  # the trial's value: final val loss, or test accuracy
+    val_metrics: list[float | None]  # one per validation measurement; None: no metric
+    objective: float | None  # the trial's value: final val loss, or test loss
     pruned_at: int | None
     diverged: str | None
     attrs: dict[str, Any] = field(default_factory=dict)  # scalar user attrs (min_lr, epochs...)
@@ -237,7 +314,7 @@ def _trial_curve(t: FrozenTrial, value: Any, chosen: Any) -> TrialCurve:
         seconds=[float(r["seconds"]) for r in rows],
         train_losses=[finite(r.get("train_loss")) for r in rows],
         val_losses=[finite(r.get("val_loss")) for r in rows if "val_loss" in r],
-        val_accuracies=[finite(r.get("val_accuracy")) for r in rows if "val_accuracy" in r],
+        val_metrics=[finite(r.get("val_metric")) for r in rows if "val_loss" in r],
         objective=finite(t.value) if t.state == TrialState.COMPLETE else None,
         pruned_at=t.user_attrs.get("pruned_at"), diverged=t.user_attrs.get("diverged"),
         attrs=scalars)
@@ -266,6 +343,11 @@ class GridStageInfo:
     # and each candidate's own range test by value. None / empty for per-epoch stages.
     budget_s: float | None = None
     range_tests: dict[Any, RangeTestInfo] = field(default_factory=dict)
+    training: Training = Training()
+
+    @property
+    def metric_name(self) -> str | None:
+        return self.training.metric
 
 
 def get_grid_stage_info(study: optuna.Study, which: Stage | str,
@@ -281,9 +363,13 @@ def get_grid_stage_info(study: optuna.Study, which: Stage | str,
         return None
     cfg = study_config(study, config)
     section = getattr(cfg, st.name, None)
+    train = training_of(cfg)
+    label = st.param_label or st.param
+    if st.param == "max_momentum" and train.adam:  # Adam's momentum stage grids beta1
+        label = "max beta1"
     return GridStageInfo(
-        stage=st.name, title=st.title, param=st.param, label=st.param_label or st.param,
-        chosen=chosen, trials=curves,
+        stage=st.name, title=st.title, param=st.param, label=label, chosen=chosen, trials=curves,
+        training=train,
         planned_reports=getattr(section, "reports", None) or getattr(section, "epochs", None),
         why=decision.why if decision is not None else NOT_DECIDED,
         budget_s=_budget(study, decision, section),
@@ -308,7 +394,7 @@ def _size_range_tests(study: optuna.Study, param: str, cfg: StudyConfig
             continue
         lr = (LRChoice(attrs.get("min_lr"), attrs["max_lr"], attrs.get("lr_why", ""))
               if "max_lr" in attrs else LRChoice(None, None, attrs.get("no_range", "")))
-        out[value] = range_info_from_attrs(attrs, cfg.lr_range, value, lr, prefix="range_")
+        out[value] = range_info_from_attrs(attrs, cfg, value, lr, prefix="range_")
     return out
 
 
@@ -333,9 +419,11 @@ class RefineInfo:
     staged: int | None
     chosen: int | None
     why: str
+    training: Training = Training()
 
 
-def get_refine_info(study: optuna.Study) -> RefineInfo | None:
+def get_refine_info(study: optuna.Study, config: StudyConfig | None = None
+                    ) -> RefineInfo | None:
     """The refinement's trials, or None where it ran none (it is off by default)."""
     trials = [t for t in study.get_trials(deepcopy=False) if "max_lr" in t.params]
     if not trials:
@@ -354,7 +442,8 @@ def get_refine_info(study: optuna.Study) -> RefineInfo | None:
                    == (v.max_lr, v.max_momentum, v.weight_decay)]
         chosen = matches[0].number if matches else None
     return RefineInfo(points, points[0].number, chosen,
-                      decision.why if decision is not None else NOT_DECIDED)
+                      decision.why if decision is not None else NOT_DECIDED,
+                      training_of(study_config(study, config)))
 
 
 # --- the final training --------------------------------------------------------------------
@@ -368,12 +457,23 @@ class FinalInfo:
     schedule_lrs: list[float]
     schedule_momenta: list[float]
     scored_on: str  # "test", or "val" for data without a test split (trained on train only)
-    accuracy: float | None  # on that split, mean over seeds (None: not finished)
-    accuracy_sd: float | None
-    loss: float | None
+    loss: float | None  # on that split, mean over seeds (None: not finished)
+    loss_sd: float | None
+    metric: float | None  # the metric on that split, mean over seeds (None: none, or not finished)
+    metric_sd: float | None
     hparams: HParams | None  # what it ran with (None: not finished)
     epochs: int | None
     why: str
+    training: Training = Training()
+
+    @property
+    def metric_name(self) -> str | None:
+        return self.training.metric
+
+    @property
+    def optimizer_text(self) -> str:
+        """Which optimizer ran it: "SGD", "AdamW, beta2 0.99" (1cycle cycles the momentum)."""
+        return self.training.describe()
 
 
 def schedule_points(total_steps: int, hp: HParams, cycle_fraction: float,
@@ -407,17 +507,21 @@ def get_final_info(study: optuna.Study, config: StudyConfig | None = None) -> Fi
     curves = _curves(_finished(study), SEED, None)
     if not curves:
         return None
+    cfg = study_config(study, config)
+    train = training_of(cfg)
     if not isinstance(decision, FinalDecision):
         scored_on = next((c.attrs["scored_on"] for c in curves if "scored_on" in c.attrs),
                          "test")
-        return FinalInfo(curves, [], [], [], scored_on, None, None, None, None, None,
-                         "not finished yet")
-    xs, lrs, moms = _final_schedule(curves, decision, study_config(study, config).schedule)
+        return FinalInfo(curves, [], [], [], scored_on, None, None, None, None, None, None,
+                         "not finished yet", training=train)
+    # What the final training ran with, as its record says.
+    train = dataclasses.replace(train, optimizer=decision.optimizer, metric=decision.metric_name)
+    xs, lrs, moms = _final_schedule(curves, decision, cfg.schedule)
     return FinalInfo(trials=curves, schedule_epochs=xs, schedule_lrs=lrs,
-                     schedule_momenta=moms, scored_on=decision.scored_on,
-                     accuracy=decision.accuracy, accuracy_sd=decision.accuracy_sd,
-                     loss=decision.loss, hparams=decision.values, epochs=decision.epochs,
-                     why=decision.why)
+                     schedule_momenta=moms, scored_on=decision.scored_on, loss=decision.loss,
+                     loss_sd=decision.loss_sd, metric=decision.metric,
+                     metric_sd=decision.metric_sd, hparams=decision.values,
+                     epochs=decision.epochs, why=decision.why, training=train)
 
 
 # --- the whole run --------------------------------------------------------------------------
@@ -432,7 +536,7 @@ def get_stage_info(st: Stage, study: optuna.Study, config: StudyConfig | None = 
     if st.decision is RangeDecision:
         return get_range_test_info(study, config)
     if st.decision is RefineDecision:
-        return get_refine_info(study)
+        return get_refine_info(study, config)
     if st.decision is FinalDecision:
         return get_final_info(study, config)
     if st.param is not None:
@@ -493,6 +597,11 @@ class RunInfo:
     @property
     def final(self) -> FinalInfo | None:
         return self._first(FinalInfo)
+
+    @property
+    def training(self) -> Training:
+        """What the run trained with (optimizer, loss, metric), from its configuration."""
+        return training_of(self.config)
 
     def grid(self, name: str) -> GridStageInfo | None:
         """The grid stage ``name`` (None before it has finished a trial)."""

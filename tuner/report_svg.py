@@ -3,7 +3,7 @@
 optuna-dashboard previews image artifacts; plotly cannot write SVG without a browser (kaleido),
 so this draws the same picture as ``tuner.report.range_test_figure`` by hand: smoothed training
 loss and validation loss against LR, the chosen range shaded, the suggestion rules and the
-divergence point marked.
+divergence point marked. The title says which optimizer ran the test.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from tuner.report_data import RangeTestInfo, downsample, loss_window
+from tuner.report_data import RangeTestInfo, downsample, loss_window, range_test_title
 from tuner.stages.lr_range import SUGGESTION_NAMES
 
 WIDTH, HEIGHT = 760, 440
@@ -74,7 +74,7 @@ class _Frame:
             * self.h
 
 
-def _axes(f: _Frame) -> list[str]:
+def _axes(f: _Frame, loss: str) -> list[str]:
     """Grid lines, ticks, the frame and the axis titles."""
     out = []
     if f.log:
@@ -96,7 +96,7 @@ def _axes(f: _Frame) -> list[str]:
     out.append(f'<text x="{LEFT + f.w / 2}" y="{HEIGHT - 12}" text-anchor="middle">learning '
                f'rate{" (log scale)" if f.log else ""}</text>')
     out.append(f'<text transform="translate(16 {TOP + f.h / 2}) rotate(-90)" '
-               f'text-anchor="middle">loss</text>')
+               f'text-anchor="middle">loss ({escape(loss)})</text>')
     return out
 
 
@@ -162,6 +162,6 @@ def range_test_svg(info: RangeTestInfo, title: str | None = None) -> str:
            f'<defs><clipPath id="plot"><rect x="{LEFT}" y="{TOP}" width="{f.w}" '
            f'height="{f.h}"/></clipPath></defs>',
            f'<text x="{LEFT}" y="24" font-size="15">'
-           f'{escape(title or f"LR range test (batch size {info.batch_size})")}</text>',
-           *_axes(f), *body, *_legend(f, legend), "</svg>"]
+           f'{escape(title or range_test_title(info))}</text>',
+           *_axes(f, info.training.loss_name), *body, *_legend(f, legend), "</svg>"]
     return "\n".join(out) + "\n"

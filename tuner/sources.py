@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tuner.config import ConfigError, DataConfig
+from tuner.imports import import_callable
 from tuner.text import first_line
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,11 @@ def _image_folder_pair(cfg: DataConfig) -> SourcePair:
     return train, test
 
 
+def is_user_data(name: str) -> bool:
+    """``data.name = "module:callable"`` (not ``npz:`` or ``imagefolder:``)."""
+    return ":" in name and not name.startswith((NPZ, IMAGEFOLDER))
+
+
 def check_source(cfg: DataConfig) -> None:
     """What a study file's data section can be checked for without reading the data."""
     name = cfg.name
@@ -249,9 +255,12 @@ def check_source(cfg: DataConfig) -> None:
             raise ConfigError(f"data.name={name!r}: image folder {path!r} does not exist.")
         if cfg.test_path and not Path(cfg.test_path).is_dir():
             raise ConfigError(f"data.test_path: image folder {cfg.test_path!r} does not exist.")
+    elif is_user_data(name):  # the user's own: tuner.user_data calls it
+        import_callable(name, "data.name", cfg.path, "data.path")
     elif name not in DATASETS:
         raise ConfigError(f"unknown dataset data.name={name!r}; valid: "
-                          f"{', '.join(sorted(DATASETS))}, npz:PATH, imagefolder:PATH.")
+                          f"{', '.join(sorted(DATASETS))}, npz:PATH, imagefolder:PATH, "
+                          f"'module:callable'.")
     elif cfg.test_path:
         raise ConfigError(f"data.test_path is for npz: and imagefolder: data, but "
                           f"data.name={name!r} has its own test split.")

@@ -1,5 +1,9 @@
 """A run as pandas tables: the stage summary, every trial, every measurement, the range test;
-and the same as CSV files (``tuner report --csv DIR``). Read-only: no torch, no training."""
+and the same as CSV files (``tuner report --csv DIR``). Read-only: no torch, no training.
+
+The metric's columns are ``val_metric`` and ``last_val_metric`` whatever the metric (the run's
+``[train] metric``: its name is in the summary's decisions and the report), empty where the run
+measured none."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
     from tuner.storage import Run
 
 TRIAL_COLUMNS = ["stage", "number", "state", "value", "param", "param_value", "reports",
-                 "last_val_loss", "last_val_accuracy", "last_train_loss", "train_seconds",
+                 "last_val_loss", "last_val_metric", "last_train_loss", "train_seconds",
                  "pruned_at", "diverged", "duration_s", "datetime_start"]
 
 
@@ -66,7 +70,7 @@ def _trial_row(st: Stage, t: FrozenTrial) -> dict[str, Any]:
         "stage": st.name, "number": t.number, "state": trial_state(t), "value": t.value,
         "param": param, "param_value": value,
         "reports": len(rows) or len(t.intermediate_values),
-        "last_val_loss": last.get("val_loss"), "last_val_accuracy": last.get("val_accuracy"),
+        "last_val_loss": last.get("val_loss"), "last_val_metric": last.get("val_metric"),
         "last_train_loss": last.get("train_loss"),
         "pruned_at": t.user_attrs.get("pruned_at"), "diverged": t.user_attrs.get("diverged"),
         "duration_s": t.duration.total_seconds() if t.duration else None,
@@ -94,14 +98,15 @@ def history_table(source: Run | str, run: str | None = None) -> pd.DataFrame:
 
 
 def range_test_table(info: RangeTestInfo) -> pd.DataFrame:
-    """The range test per step; validation columns where it was measured."""
+    """The range test per step; validation columns where it was measured (``val_metric``
+    empty without a metric)."""
     import pandas as pd
 
     frame = pd.DataFrame({"step": range(1, len(info.lrs) + 1), "lr": info.lrs,
                           "train_loss": info.train_losses,
                           "train_loss_smoothed": info.train_smoothed})
     val = pd.DataFrame({"lr": info.val_lrs, "val_loss": info.val_losses,
-                        "val_accuracy": info.val_accuracies})
+                        "val_metric": info.val_metrics})
     return pd.concat([frame.assign(kind="train"), val.assign(kind="val")], ignore_index=True)
 
 

@@ -12,3 +12,10 @@ def first_line(exc: BaseException) -> str:
 def split_name(split: str) -> str:
     """How a final score's split is called: test, or validation (data without a test split)."""
     return "test" if split == "test" else "validation"
+
+
+def format_metric(name: str | None, value: float, sign: bool = True) -> str:
+    """Accuracy as a percentage (``sign``: with the % sign), any other metric as a number."""
+    if name == "accuracy":
+        return f"{100 * value:.2f}{'%' if sign else ''}"
+    return f"{value:.4g}"

@@ -1,7 +1,8 @@
 """The training loop: data on the device, hyper-parameters set per step from a pure schedule.
 
 ``fit`` runs a fixed number of optimizer steps and calls back at regular intervals; the stages
-build their runs from it (the range test, the 1cycle runs, the final training).
+build their runs from it (the range test, the 1cycle runs, the final training). What a step
+computes (loss, metric, a user's step function) is the ``Task``'s business (``tuner.task``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tuner.data import Data, batches, eval_batches
 from tuner.device import autocast, input_format, synchronize
 from tuner.schedules import LRMomentum
+from tuner.task import CLASSIFICATION, Task
 
 
 class Diverged(RuntimeError):
@@ -32,28 +33,31 @@ class Diverged(RuntimeError):
 @dataclass(frozen=True)
 class Evaluation:
     loss: float
-    accuracy: float
+    metric: float | None  # the task's metric (accuracy by default); None: the task has none
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, batch_size: int = 2048) -> Evaluation:
-    """Mean cross-entropy and accuracy over ``data``, in large batches without gradients."""
+def evaluate(model: nn.Module, data: Data, batch_size: int = 2048,
+             task: Task = CLASSIFICATION) -> Evaluation:
+    """Mean loss and metric over ``data``, in large batches without gradients (each batch's
+    mean loss weighted by its size)."""
     was_training = model.training
     model.eval()
     device = data.device
     memory_format = input_format(model, device)
     loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    metric_sum = torch.zeros((), device=device)
+    n = 0
     with autocast(device):
-        for x, y in eval_batches(data, batch_size):
-            if memory_format is not None and x.dim() == 4:
-                x = x.contiguous(memory_format=memory_format)
-            out = model(x).float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
+        for batch in eval_batches(data, batch_size):
+            out = task.step(model, batch, memory_format)
+            loss_sum += out.loss.detach().float() * out.count
+            if out.metric_sum is not None:
+                metric_sum += out.metric_sum
+            n += out.count
     model.train(was_training)
-    n = len(data)
-    return Evaluation(loss_sum.item() / n, correct.item() / n)  # .item(): one sync per call
+    metric = metric_sum.item() / n if task.metric_name is not None else None
+    return Evaluation(loss_sum.item() / n, metric)  # .item(): one sync per call
 
 
 def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
@@ -63,9 +67,14 @@ def make_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float,
 
 
 def set_hparams(optimizer: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:
+    """The LR, and the momentum: SGD's ``momentum`` or Adam's beta1 (``betas[0]``)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-        if momentum is not None:
+        if momentum is None:
+            continue
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        else:
             group["momentum"] = momentum
 
 
@@ -85,7 +94,7 @@ class FitResult:
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data, *,
         total_steps: int, batch_size: int, schedule: Schedule, eval_every: int,
         on_eval: EvalCallback, on_step: StepCallback | None = None,
-        generator: torch.Generator | None = None) -> FitResult:
+        generator: torch.Generator | None = None, task: Task = CLASSIFICATION) -> FitResult:
     """Train for ``total_steps`` optimizer steps over shuffled epochs of ``data``.
 
     Raises ``Diverged`` as soon as a (checked) training loss is not finite: at every step when
@@ -101,13 +110,11 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data, *,
     synchronize(device)
     t0 = time.perf_counter()
     while step < total_steps:
-        for x, y in batches(data, batch_size, generator):
+        for batch in batches(data, batch_size, generator):
             lr, momentum = schedule(step)
             set_hparams(optimizer, lr, momentum)
-            if memory_format is not None and x.dim() == 4:
-                x = x.contiguous(memory_format=memory_format)
             with autocast(device):
-                loss = F.cross_entropy(model(x).float(), y)
+                loss = task.step(model, batch, memory_format).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -137,7 +144,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data, *,
 
 def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data,
                        batch_size: int, min_seconds: float = 0.5, warmup_steps: int = 5,
-                       generator: torch.Generator | None = None) -> float:
+                       generator: torch.Generator | None = None,
+                       task: Task = CLASSIFICATION) -> float:
     """Training steps per second of ``fit`` at ``batch_size``, after a warm-up (the caller's
     model and optimizer are changed: pass scratch copies)."""
     lr = optimizer.param_groups[0]["lr"]
@@ -145,7 +153,7 @@ def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, data:
     def timed(steps: int) -> float:
         return fit(model, optimizer, data, total_steps=steps, batch_size=batch_size,
                    schedule=lambda _s: LRMomentum(lr, None), eval_every=steps,
-                   on_eval=lambda *_: None, generator=generator).train_seconds
+                   on_eval=lambda *_: None, generator=generator, task=task).train_seconds
 
     timed(warmup_steps)  # first steps pay for allocation and (on CUDA) kernel selection
     steps, seconds = 8, 0.0

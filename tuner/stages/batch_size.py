@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from tuner.locks import storage_lock
 from tuner.lr_range import LRRange, NoUsableMinimum, decide_range
 from tuner.stages.base import Decision, HParams, Sizes, Speed, Stage, epoch_steps
-from tuner.stages.grid import GridChoice, decide_grid, scored
+from tuner.stages.grid import GridChoice, decide_grid, metric_text, scored
 from tuner.stages.lr_range import RangeDecision, range_test_seconds
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
@@ -219,9 +219,9 @@ def measure(ctx: Context, trial: Trial, sizes: list[int], budget_s: float) -> fl
                              eval_every=max(1, math.ceil(steps / bcfg.reports)),
                              seed=ctx.config.train.seed).last
     trial.set_user_attr("train_seconds", last["seconds"])
-    log.info("batch size %d: LR %.3g-%.3g, %d steps (%.1f epochs) in %.1f s: val loss %.4f, "
-             "accuracy %.1f%%", bs, found.min_lr, found.max_lr, steps, steps * bs / n_train,
-             last["seconds"], last["val_loss"], 100 * last["val_accuracy"])
+    log.info("batch size %d: LR %.3g-%.3g, %d steps (%.1f epochs) in %.1f s: val loss %.4f%s",
+             bs, found.min_lr, found.max_lr, steps, steps * bs / n_train, last["seconds"],
+             last["val_loss"], metric_text(ctx.config.train.metric_name(), [last["val_metric"]]))
     return last["val_loss"]
 
 

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class MomentumDecision(Decision):
-    max_momentum: float
+    max_momentum: float  # SGD's momentum, or Adam's beta1
     min_momentum: float
+    optimizer: str = "sgd"
 
     def summary(self) -> str:
-        return f"max momentum {self.max_momentum:g} (cycling down to {self.min_momentum:g})"
+        name = "momentum" if self.optimizer == "sgd" else "beta1"
+        return f"max {name} {self.max_momentum:g} (cycling down to {self.min_momentum:g})"
 
 
 def hparams(ctx: Context, max_momentum: float) -> HParams:
@@ -34,4 +36,5 @@ STAGE = grid_stage(
     name="momentum", title="Cyclical momentum", param="max_momentum", label="max momentum",
     decision=MomentumDecision, settings=lambda cfg: cfg.momentum, hparams=hparams,
     decide=lambda cfg, value, why: MomentumDecision(
-        max_momentum=value, min_momentum=cfg.momentum.min_momentum, why=why))
+        max_momentum=value, min_momentum=cfg.momentum.min_momentum,
+        optimizer=cfg.train.optimizer, why=why))

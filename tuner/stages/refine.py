@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from tuner.locks import storage_lock
 from tuner.stages.base import Decision, HParams, Stage
 from tuner.stages.batch_size import BatchSizeDecision, linear_cap
-from tuner.stages.grid import scored
+from tuner.stages.grid import metric_text, scored
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
@@ -166,9 +166,9 @@ def make_objective(ctx: Context, base: HParams, space: Box):  # noqa: ANN201 -- 
         last = ctx.one_cycle_run(trial, hp, total_steps=epochs * per_epoch,
                                  eval_every=per_epoch, seed=cfg.train.seed + repeat,
                                  prune=repeat == 0).last
-        log.info("refine%s: LR %.3g, momentum %g, weight decay %g: val loss %.4f, accuracy "
-                 "%.1f%%", f" (confirming, seed +{repeat})" if repeat else "", max_lr, mom, wd,
-                 last["val_loss"], 100 * last["val_accuracy"])
+        log.info("refine%s: LR %.3g, momentum %g, weight decay %g: val loss %.4f%s",
+                 f" (confirming, seed +{repeat})" if repeat else "", max_lr, mom, wd,
+                 last["val_loss"], metric_text(cfg.train.metric_name(), [last["val_metric"]]))
         return last["val_loss"]
 
     return objective
