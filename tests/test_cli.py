@@ -26,6 +26,12 @@ BAD_FILES = {
                                                          "mnist1d_cnn"]),
     "negative LR": ("[lr_range]\nstart_lr = -0.1\n", ["lr_range.start_lr", "start_lr=-0.1"]),
     "wrong type": ('[final]\nepochs = "forty"\n', ["final.epochs", "integer"]),
+    "unknown optimizer": ('[train]\noptimizer = "lion"\n', ["train.optimizer", "'adamw'"]),
+    "unknown loss": ('[train]\nloss = "hinge"\n', ["train.loss", "mse", "module:callable"]),
+    "loss that does not import": ('[train]\nloss = "nosuch_mod:fn"\n',
+                                  ["train.loss='nosuch_mod:fn'", "cannot import module"]),
+    "accuracy of a regression": ('[train]\nloss = "mse"\nmetric = "accuracy"\n',
+                                 ["train.metric", "regression"]),
 }
 
 

@@ -55,8 +55,8 @@ def run(ctx: Context, study: optuna.Study) -> RangeDecision:
 
     def objective(trial: Trial) -> float:
         curve = ctx.range_tests(trial, bs)
-        log.info("range test (mean of %d): %d steps, LR %.3g -> %.3g, stopped: %s",
-                 cfg.repeats, len(curve.lrs),
+        log.info("range test (%s, mean of %d): %d steps, LR %.3g -> %.3g, stopped: %s",
+                 ctx.config.train.optimizer, cfg.repeats, len(curve.lrs),
                  cfg.start_lr, curve.lrs[-1] if curve.lrs else cfg.start_lr, curve.stop_reason)
         finite = [v for v in curve.val_losses if math.isfinite(v)]
         return min(finite) if finite else math.inf
