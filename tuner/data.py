@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -96,29 +96,43 @@ def item_tensor(x: Any) -> torch.Tensor:
 
 
 @dataclass(frozen=True, eq=False)
-class LoaderData:
-    """A map-style dataset read in batches by a DataLoader (for data that does not fit), each
-    batch moved to ``device``, scaled, normalised and (when training) augmented there."""
+class IndexedData:
+    """Items ``indices`` of a map-style dataset, read in batches by a DataLoader."""
 
-    dataset: Dataset  # items (x, y) with x as ``item_tensor`` gives it
+    dataset: Dataset
     indices: torch.Tensor  # int64, CPU: which items, in order
     device: torch.device
-    mean: torch.Tensor | None = None  # per channel, after uint8 -> [0, 1]
-    std: torch.Tensor | None = None
-    augment: Augment | None = None
-    workers: int = 0
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def to(self, device: torch.device | str) -> LoaderData:
+    def to(self, device: torch.device | str) -> Self:
         return replace(self, device=torch.device(device))
 
-    def subset(self, index: torch.Tensor) -> LoaderData:
+    def subset(self, index: torch.Tensor) -> Self:
         return replace(self, indices=self.indices[index.cpu()])
 
-    def head(self, n: int) -> LoaderData:
+    def head(self, n: int) -> Self:
         return replace(self, indices=self.indices[:n])
+
+    def shuffled(self, generator: torch.Generator | None) -> torch.Tensor:
+        """The indices in an order drawn from ``generator`` (on any device)."""
+        seed = int(torch.randint(2**62, (1,), generator=generator,
+                                 device=generator.device if generator else "cpu"))
+        return self.indices[torch.randperm(len(self),
+                                           generator=torch.Generator().manual_seed(seed))]
+
+
+@dataclass(frozen=True, eq=False)
+class LoaderData(IndexedData):
+    """A map-style dataset read in batches by a DataLoader (for data that does not fit), each
+    batch moved to ``device``, scaled, normalised and (when training) augmented there."""
+
+    # ``dataset``: items (x, y), x as ``item_tensor`` reads it
+    mean: torch.Tensor | None = None  # per channel, after uint8 -> [0, 1]
+    std: torch.Tensor | None = None
+    augment: Augment | None = None
+    workers: int = 0
 
     @property
     def y(self) -> torch.Tensor:
@@ -144,10 +158,7 @@ class LoaderData:
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None
                 ) -> Iterator[Batch]:
-        seed = int(torch.randint(2**62, (1,), generator=generator,
-                                 device=generator.device if generator else "cpu"))
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        for x, y in self._loader(self.indices[perm], batch_size, drop_last=True):
+        for x, y in self._loader(self.shuffled(generator), batch_size, drop_last=True):
             x = self._prepare(x)
             if self.augment is not None:
                 x = self.augment(x, generator)
@@ -170,28 +181,13 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 @dataclass(frozen=True, eq=False)
-class ItemsData:
+class ItemsData(IndexedData):
     """Any map-style dataset whose items a training step function understands (dicts, tuples
     of more than two tensors, ...): batched by a DataLoader with ``collate`` (torch's default
     when None) and moved to ``device`` as they are: no normalisation, no augmentation."""
 
-    dataset: Dataset
-    indices: torch.Tensor  # int64, CPU
-    device: torch.device
     collate: Callable[[list[Any]], Any] | None = None
     workers: int = 0
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def to(self, device: torch.device | str) -> ItemsData:
-        return replace(self, device=torch.device(device))
-
-    def subset(self, index: torch.Tensor) -> ItemsData:
-        return replace(self, indices=self.indices[index.cpu()])
-
-    def head(self, n: int) -> ItemsData:
-        return replace(self, indices=self.indices[:n])
 
     def _loader(self, order: torch.Tensor, batch_size: int, drop_last: bool) -> DataLoader:
         return DataLoader(Subset(self.dataset, order.tolist()), batch_size=batch_size,
@@ -200,10 +196,7 @@ class ItemsData:
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None
                 ) -> Iterator[Any]:
-        seed = int(torch.randint(2**62, (1,), generator=generator,
-                                 device=generator.device if generator else "cpu"))
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        for batch in self._loader(self.indices[perm], batch_size, drop_last=True):
+        for batch in self._loader(self.shuffled(generator), batch_size, drop_last=True):
             yield to_device(batch, self.device)
 
     def eval_batches(self, batch_size: int) -> Iterator[Any]:
@@ -217,7 +210,7 @@ Data = TensorData | LoaderData | ItemsData
 def concat(a: Data, b: Data) -> Data:
     if isinstance(a, TensorData) and isinstance(b, TensorData):
         return replace(a, x=torch.cat([a.x, b.x]), y=torch.cat([a.y, b.y]))
-    if isinstance(a, LoaderData | ItemsData) and type(a) is type(b):
+    if isinstance(a, IndexedData) and type(a) is type(b):
         if a.dataset is b.dataset:
             return replace(a, indices=torch.cat([a.indices, b.indices]))
         joined = ConcatDataset([Subset(a.dataset, a.indices.tolist()),
@@ -250,7 +243,7 @@ def batches(data: Data, batch_size: int, generator: torch.Generator | None = Non
     """
     if batch_size > len(data):
         raise ValueError(f"batch_size={batch_size} exceeds the {len(data)} training samples.")
-    if isinstance(data, LoaderData | ItemsData):
+    if isinstance(data, IndexedData):
         yield from data.batches(batch_size, generator)
         return
     x_all, y_all, augment = data.x, data.y, data.augment
@@ -265,7 +258,7 @@ def batches(data: Data, batch_size: int, generator: torch.Generator | None = Non
 
 def eval_batches(data: Data, batch_size: int) -> Iterator[Batch]:
     """Every sample once, in order, in batches of ``batch_size`` (no augmentation)."""
-    if isinstance(data, LoaderData | ItemsData):
+    if isinstance(data, IndexedData):
         yield from data.eval_batches(batch_size)
         return
     for i in range(0, len(data), batch_size):
