@@ -46,7 +46,7 @@ def data(seed: int = 0, test_fraction: float = 0.2, val_fraction: float = 0.2
     return split(train), split(val), split(test)
 
 
-def make_model(hidden: int = 64) -> nn.Module:
+def make_model(hidden: int = 16) -> nn.Module:
     """``model.name = "diabetes_regression:make_model"``: 10 features -> one value."""
     return nn.Sequential(nn.Linear(10, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, 1))

@@ -16,8 +16,9 @@ Python::
                         test_set=test, step_fn=step, collate_fn=collate)
     print(result.test_loss, result.metric)  # per token
 
-A token's tag is (its value + the previous token's value) mod 3: the model must look at its
-neighbour. The data is generated (seeded), so nothing is downloaded.
+A token's tag is (its value + the previous token's value) mod 3, or a random tag for one token
+in ten: the model must look at its neighbour, and cannot be right everywhere. The data is
+generated (seeded), so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -29,20 +30,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-VOCAB, TAGS, PAD = 12, 3, 0  # tokens are 1 .. VOCAB - 1; 0 pads
+VOCAB, TAGS, PAD = 32, 3, 0  # tokens are 1 .. VOCAB - 1; 0 pads
 
 
 class Sequences(Dataset):
     """``n`` random token sequences and their tags, as dict items."""
 
-    def __init__(self, n: int, seed: int, min_len: int = 4, max_len: int = 24) -> None:
+    def __init__(self, n: int, seed: int, min_len: int = 4, max_len: int = 24,
+                 noise: float = 0.1) -> None:
         g = torch.Generator().manual_seed(seed)
         lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
         self.items = []
         for length in lengths:
             tokens = torch.randint(1, VOCAB, (length,), generator=g)
             previous = torch.cat([torch.zeros(1, dtype=torch.long), tokens[:-1]])
-            self.items.append({"tokens": tokens, "tags": (tokens + previous) % TAGS})
+            tags = (previous + tokens) % TAGS
+            flip = torch.rand(length, generator=g) < noise  # a random tag instead
+            tags[flip] = torch.randint(0, TAGS, (int(flip.sum()),), generator=g)
+            self.items.append({"tokens": tokens, "tags": tags})
 
     def __len__(self) -> int:
         return len(self.items)

@@ -17,8 +17,8 @@ import torch
 from optuna.trial import Trial
 from torch import nn
 
-from tuner.config import StudyConfig, TrainConfig
-from tuner.data import Data, Splits, concat, eval_batches, load_splits
+from tuner.config import ConfigError, StudyConfig, TrainConfig
+from tuner.data import Data, ItemsData, Splits, concat, eval_batches, load_splits
 from tuner.device import is_out_of_memory, prepare_model, release_memory, resolve_device
 from tuner.lr_range import RangeCurve, mean_curve, suggestions
 from tuner.models import model_factory
@@ -29,6 +29,7 @@ from tuner.schedules import one_cycle
 from tuner.sources import is_user_data
 from tuner.stages.base import D, Decision, HParams, epoch_steps, find
 from tuner.task import CLASSIFICATION, StepFn, Task, check_first_step, make_task
+from tuner.text import first_line
 from tuner.train import Diverged, Evaluation, evaluate, fit, measure_throughput
 from tuner.user_data import load_user_data
 
@@ -96,8 +97,15 @@ def load_workload(config: StudyConfig, model_fn: Callable[[], nn.Module] | None 
     if model_fn is None:
         model_fn = model_factory(config.model, splits.num_classes)
     workload = Workload(splits, model_fn, device, make_task(config.train, step_fn), config.train)
-    check_first_step(workload.task, workload.new_model(config.train.seed),
-                     next(iter(eval_batches(splits.train, config.train.batch_size))))
+    try:
+        first = next(iter(eval_batches(splits.train, config.train.batch_size)))
+    except Exception as exc:
+        if not isinstance(splits.train, ItemsData):
+            raise
+        raise ConfigError(f"cannot batch the training items: {type(exc).__name__}: "
+                          f"{first_line(exc)} (items of different sizes need a collate function: "
+                          f"data.collate, or tuner.tune(collate_fn=...)).") from None
+    check_first_step(workload.task, workload.new_model(config.train.seed), first)
     return workload
 
 

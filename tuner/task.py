@@ -127,3 +127,8 @@ def check_first_step(task: Task, model: nn.Module, batch: Any) -> None:
     if not math.isfinite(loss.item()):
         raise ConfigError(f"the training step returned a loss of {loss.item()} on the first "
                           f"batch, before any update: check the loss and the data.")
+    if out.metric_sum is None and task.metric_name is not None:  # else it would report 0
+        raise ConfigError(f"the training step returned a loss alone, but train.metric asks for "
+                          f"{task.metric_name!r} ('auto' means accuracy with loss = "
+                          f"'cross_entropy'): return (loss, metric_sum, count), or set "
+                          f"train.metric = 'none'.")
