@@ -89,28 +89,31 @@ def grid_seconds(cfg: StudyConfig, section: GridSettings, speed: Speed, sizes: S
 def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[D],
                settings: Callable[[StudyConfig], GridSettings],
                hparams: Callable[[Context, float], HParams],
-               decide: Callable[[StudyConfig, float, str], D]) -> Stage[D]:
+               decide: Callable[[StudyConfig, float, str], D],
+               wording: Callable[[StudyConfig], str] | None = None) -> Stage[D]:
     """A ``Stage`` that runs ``settings(cfg).values`` as a grid of ``param``.
 
-    ``hparams(ctx, value)`` gives a trial's run; ``decide(cfg, value, why)`` the decision.
+    ``hparams(ctx, value)`` gives a trial's run; ``decide(cfg, value, why)`` the decision;
+    ``wording(cfg)`` names the value in the log and the decision (default ``label``).
     """
 
     def run(ctx: Context, study: optuna.Study) -> D:
         cfg = ctx.config
         section = settings(cfg)
+        words = wording(cfg) if wording is not None else label
         ctx.epoch_steps(cfg.train.batch_size)  # a clear error before any trial is stored
 
         def objective(trial: Trial) -> float:
             value = trial.suggest_categorical(param, list(section.values))
             loss = ctx.repeated_run(trial, hparams(ctx, value), repeats=section.repeats,
                                     epochs=section.epochs)
-            log.info("%s %g: val loss %.4f (mean of %d)%s", label, value, loss,
+            log.info("%s %g: val loss %.4f (mean of %d)%s", words, value, loss,
                      section.repeats, metric_text(cfg.train.metric_name(),
                                                   trial.user_attrs["val_metrics"]))
             return loss
 
         trials = run_grid(study, [{param: v} for v in section.values], objective)
-        choice = decide_grid(trials, param, label)
+        choice = decide_grid(trials, param, words)
         return decide(cfg, choice.value, choice.why)
 
     return Stage(name=name, title=title, decision=decision, run=run,

@@ -37,4 +37,5 @@ STAGE = grid_stage(
     decision=MomentumDecision, settings=lambda cfg: cfg.momentum, hparams=hparams,
     decide=lambda cfg, value, why: MomentumDecision(
         max_momentum=value, min_momentum=cfg.momentum.min_momentum,
-        optimizer=cfg.train.optimizer, why=why))
+        optimizer=cfg.train.optimizer, why=why),
+    wording=lambda cfg: "max momentum" if cfg.train.optimizer == "sgd" else "max beta1")
