@@ -68,5 +68,5 @@ def test_accuracy(choice: Choice, data: Splits, epochs: int, seeds: list[int]
     accs = []
     for seed in seeds:
         model = train_one_cycle(choice, train, epochs, seed)
-        accs.append(evaluate(model, data.test).accuracy)
+        accs.append(evaluate(model, data.test).metric)
     return statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0, accs

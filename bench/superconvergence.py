@@ -43,7 +43,7 @@ def published_recipe(data, seed: int, epochs: int = 150, batch_size: int = 100, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return evaluate(model, data.test).accuracy
+    return evaluate(model, data.test).metric
 
 
 def chosen(storage: str, run: str) -> Choice:

@@ -20,7 +20,7 @@ def test_default_study_reaches_the_accuracy_target(tmp_path: Path) -> None:
     result = tuner.run(tuner.load_study("studies/mnist1d_cnn.toml"), storage=url)
     seconds = time.perf_counter() - t0
     print(f"default study: {seconds:.0f} s, test accuracy {100 * result.test_accuracy:.2f}% "
-          f"± {100 * result.final.accuracy_sd:.2f} over seeds "
+          f"± {100 * result.final.metric_sd:.2f} over seeds "
           f"{result.final.seeds}; LR {result.min_lr:.3g}-{result.max_lr:.3g}, "
           f"momentum {result.momentum}, wd {result.weight_decay}, batch {result.batch_size}")
     assert seconds < 600

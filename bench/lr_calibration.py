@@ -1,0 +1,306 @@
+"""Where does the 1cycle run's best max LR lie against the range test's readings?
+
+For each model/data pair: the tool's range test (``lr_range`` defaults, 3 seeds averaged, at the
+reference batch size) and its readings (validation minimum: the pipeline's max LR; divergence
+point; fastai's valley, steepest and minimum/10; the training-loss minimum); then a dense sweep
+of the 1cycle max LR, factors of sqrt(2) around the validation minimum (9 points, x1/4 ... x4),
+3 seeds each, at the stages' own settings (momentum 0.95 -> 0.85, weight decay 1e-4, batch 32,
+``--epochs`` 30), trained on train + validation and scored on the test split. Prints one
+markdown table per pair, the band within 0.3 points of the best, and which readings fall in
+it; ``--out DIR`` also writes the numbers (JSON) and an SVG of every curve.
+
+    .venv/bin/python -m bench.lr_calibration --pairs mnist1d_cnn mlp_small digits_cnn
+    .venv/bin/python -m bench.lr_calibration --pairs cifar3_10k --cifar cifar10_train.npz
+
+CIFAR pairs need an npz file with arrays x (uint8 NHWC) and y (int64) (``--cifar``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuner.config import DataConfig, LRRangeConfig, ScheduleConfig
+from tuner.data import Splits, concat, load_splits, make_splits
+from tuner.lr_range import NoUsableMinimum, decide_range, mean_curve, suggestions
+from tuner.models import build_model
+from tuner.range_test import range_test
+from tuner.schedules import LRMomentum, one_cycle
+from tuner.sources import Arrays, check_arrays
+from tuner.train import evaluate, fit, make_sgd
+
+BATCH, MOMENTUM, MIN_MOMENTUM, WEIGHT_DECAY = 32, 0.95, 0.85, 1e-4  # the stages' own
+FACTORS = [2 ** (k / 2) for k in range(-4, 5)]  # x1/4 ... x4 in steps of sqrt(2)
+BAND = 0.003  # within 0.3 points of the best
+
+
+# --- pairs ------------------------------------------------------------------------------------
+
+def mlp(widths: list[int], n_in: int = 40) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        layers: list[nn.Module] = [nn.Flatten()]
+        for w_in, w_out in zip([n_in, *widths], widths, strict=False):
+            layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(widths[-1], 10))
+    return make
+
+
+class GRUNet(nn.Module):
+    """A 1-D recurrent net: the signal as a sequence of 40 scalars, a GRU, the last state."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.gru = nn.GRU(1, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x.transpose(1, 2))  # (N, 1, L) -> (N, L, 1)
+        return self.head(out[:, -1])
+
+
+def digits_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 16, 10))
+
+
+def mnist1d() -> Splits:
+    return load_splits(DataConfig())
+
+
+def digits() -> Splits:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images * 16).clip(0, 255).astype(np.uint8)  # 0..16 -> uint8 images (N, 8, 8)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    cut = len(x) * 4 // 5
+    train = check_arrays(x[order[:cut]], d.target[order[:cut]], "digits")
+    test = check_arrays(x[order[cut:]], d.target[order[cut:]], "digits")
+    return make_splits(train, None, test, DataConfig(name="digits"))
+
+
+def cifar(path: str | None, n: int) -> Callable[[], Splits]:
+    def load() -> Splits:
+        if not path:
+            raise SystemExit("CIFAR pairs need --cifar PATH.npz (arrays x uint8 NHWC, y int64)")
+        cfg = DataConfig(name=f"npz:{path}", train_subset=n)
+        with np.load(path) as f:
+            train = check_arrays(f["x"], f["y"], path)
+            test = (check_arrays(f["x_test"], f["y_test"], path) if "x_test" in f.files
+                    else _test_beside(path))
+        return make_splits(train, None, test, cfg)
+    return load
+
+
+def _test_beside(path: str) -> Arrays:
+    test = Path(path).with_name(Path(path).name.replace("train", "test"))
+    with np.load(test) as f:
+        return check_arrays(f["x"], f["y"], str(test))
+
+
+@dataclass(frozen=True)
+class Pair:
+    data: Callable[[], Splits]
+    model: Callable[[], nn.Module]
+    epochs: int | None = None  # None: --epochs
+
+
+def pairs(cifar_path: str | None) -> dict[str, Pair]:
+    return {
+        "mnist1d_cnn": Pair(mnist1d, lambda: build_model("mnist1d_cnn", 10)),
+        "mlp_small": Pair(mnist1d, mlp([100, 100])),
+        "mlp_wide_deep": Pair(mnist1d, mlp([256, 256, 256])),
+        "mnist1d_gru": Pair(mnist1d, GRUNet),
+        "digits_cnn": Pair(digits, digits_cnn),
+        "cifar3_10k": Pair(cifar(cifar_path, 10_000), lambda: build_model("cifar10_3layer", 10),
+                           epochs=15),
+        "resnet20_5k": Pair(cifar(cifar_path, 5_000), lambda: build_model("resnet20", 10),
+                            epochs=15),
+    }
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+@dataclass
+class Readings:
+    val_min: float | None
+    divergence: float | None
+    valley: float | None
+    steepest: float | None
+    minimum_div10: float | None
+    train_min: float | None
+
+
+@dataclass
+class Result:
+    pair: str
+    readings: Readings
+    lrs: list[float] = field(default_factory=list)
+    accuracies: list[list[float]] = field(default_factory=list)  # per LR, per seed
+    seconds: float = 0.0
+
+
+def finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def read_range(pair: Pair, data: Splits, seeds: list[int]) -> Readings:
+    cfg = LRRangeConfig()
+    curves = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = pair.model()
+        optimizer = make_sgd(model, cfg.start_lr, cfg.momentum, cfg.weight_decay)
+        curves.append(range_test(model, optimizer, data.train, data.val, cfg, BATCH,
+                                 generator=torch.Generator().manual_seed(seed)))
+    curve = mean_curve(curves)
+    try:
+        val_min = decide_range(curve.val_lrs, curve.val_losses, cfg.min_lr_div).max_lr
+    except NoUsableMinimum:
+        val_min = None
+    rules = suggestions(curve.lrs, curve.train_losses, cfg.smooth)
+    stop = curve.lrs[curve.stop_step - 1] if curve.stop_step else None
+    minimum = finite(rules.minimum)
+    return Readings(val_min, stop, finite(rules.valley), finite(rules.steepest), minimum,
+                    minimum * 10 if minimum else None)
+
+
+def one_cycle_accuracy(pair: Pair, data: Splits, max_lr: float, epochs: int, seed: int) -> float:
+    train = concat(data.train, data.val)
+    torch.manual_seed(seed)
+    model = pair.model()
+    min_lr = max_lr / 10
+    optimizer = make_sgd(model, min_lr, MOMENTUM, WEIGHT_DECAY)
+    total = len(train) // BATCH * epochs
+    sched = ScheduleConfig()
+
+    def schedule(step: int) -> LRMomentum:
+        return one_cycle(step, total, min_lr, max_lr, MOMENTUM, MIN_MOMENTUM,
+                         sched.cycle_fraction, sched.final_div)
+
+    try:
+        fit(model, optimizer, train, total_steps=total, batch_size=BATCH, schedule=schedule,
+            eval_every=total, on_eval=lambda *_: None,
+            generator=torch.Generator().manual_seed(seed))
+    except Exception:  # noqa: BLE001 -- a diverged run scores chance
+        return 0.1
+    return evaluate(model, data.test).metric
+
+
+def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int]) -> Result:
+    t0 = time.perf_counter()
+    data = pair.data()
+    readings = read_range(pair, data, seeds)
+    center = readings.val_min or readings.valley or 0.01
+    result = Result(name, readings)
+    for factor in FACTORS:
+        lr = center * factor
+        accs = [one_cycle_accuracy(pair, data, lr, pair.epochs or epochs, s) for s in seeds]
+        result.lrs.append(lr)
+        result.accuracies.append(accs)
+        print(f"  {name}: max LR {lr:.4g}: {100 * statistics.fmean(accs):.2f}% "
+              f"({', '.join(f'{100 * a:.1f}' for a in accs)})", flush=True)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+def band(result: Result) -> tuple[float, float, float]:
+    """(best mean accuracy, lowest and highest LR whose mean is within BAND of it)."""
+    means = [statistics.fmean(a) for a in result.accuracies]
+    best = max(means)
+    inside = [lr for lr, m in zip(result.lrs, means, strict=True) if m >= best - BAND]
+    return best, min(inside), max(inside)
+
+
+def table(result: Result) -> str:
+    best, lo, hi = band(result)
+    lines = [f"### {result.pair} ({result.seconds:.0f} s)", "",
+             "| max LR | test accuracy (mean ± sd over seeds) |", "|---|---|"]
+    for lr, accs in zip(result.lrs, result.accuracies, strict=True):
+        mark = " **(best band)**" if lo <= lr <= hi else ""
+        lines.append(f"| {lr:.4g} | {100 * statistics.fmean(accs):.2f}% ± "
+                     f"{100 * statistics.stdev(accs):.2f}{mark} |")
+    lines += ["", f"Best {100 * best:.2f}%; band within 0.3 points: {lo:.4g} – {hi:.4g}.", "",
+              "| reading | LR | in the band |", "|---|---|---|"]
+    for key, value in asdict(result.readings).items():
+        where = "—" if value is None else ("yes" if lo <= value <= hi else
+                                           "below" if value < lo else "above")
+        lines.append(f"| {key} | {'—' if value is None else f'{value:.4g}'} | {where} |")
+    return "\n".join(lines)
+
+
+def svg(results: list[Result]) -> str:
+    """Test accuracy against max LR / the validation-minimum reading, one line per pair."""
+    w, h, pad = 640, 360, 50
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+    def x(f: float) -> float:
+        return pad + (math.log2(f) + 2) / 4 * (w - 2 * pad)
+
+    def y(acc: float, lo: float) -> float:
+        return h - pad - (acc - lo) / (1.0 - lo) * (h - 2 * pad)
+
+    lo = min(statistics.fmean(a) for r in results for a in r.accuracies) - 0.02
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<line x1="{x(1)}" y1="{pad}" x2="{x(1)}" y2="{h - pad}" stroke="#999" '
+             f'stroke-dasharray="4"/>',
+             f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">max LR / range test\'s '
+             f'validation-minimum reading (log scale, x1/4 ... x4)</text>',
+             f'<text x="12" y="{pad - 15}">test accuracy (mean of seeds; axis from '
+             f'{100 * lo:.0f}%)</text>']
+    for i, r in enumerate(results):
+        center = r.readings.val_min or r.lrs[len(r.lrs) // 2]
+        pts = " ".join(f"{x(lr / center):.1f},{y(statistics.fmean(a), lo):.1f}"
+                       for lr, a in zip(r.lrs, r.accuracies, strict=True))
+        color = colors[i % len(colors)]
+        parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.append(f'<text x="{w - pad + 4}" y="{pad + 14 * i}" fill="{color}">{r.pair}'
+                     f'</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="+", default=["mnist1d_cnn", "mlp_small",
+                                                       "mlp_wide_deep", "mnist1d_gru",
+                                                       "digits_cnn"])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--cifar", help="an npz file with arrays x (uint8 NHWC) and y (int64)")
+    parser.add_argument("--out", type=Path, help="write results.json and curves.svg here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    known = pairs(args.cifar)
+    results = []
+    for name in args.pairs:
+        if name not in known:
+            raise SystemExit(f"unknown pair {name!r}; pairs: {', '.join(known)}")
+        results.append(calibrate(name, known[name], args.epochs, list(range(args.seeds))))
+        print(table(results[-1]), "\n", flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results],
+                                                          indent=1))
+        (args.out / "curves.svg").write_text(svg(results))
+
+
+if __name__ == "__main__":
+    main()
