@@ -245,11 +245,11 @@ def table(result: Result) -> str:
 
 def svg(results: list[Result]) -> str:
     """Test accuracy against max LR / the validation-minimum reading, one line per pair."""
-    w, h, pad = 640, 360, 50
+    w, h, pad, legend = 800, 360, 50, 150
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
     def x(f: float) -> float:
-        return pad + (math.log2(f) + 2) / 4 * (w - 2 * pad)
+        return pad + (math.log2(f) + 2) / 4 * (w - 2 * pad - legend)
 
     def y(acc: float, lo: float) -> float:
         return h - pad - (acc - lo) / (1.0 - lo) * (h - 2 * pad)
@@ -259,8 +259,8 @@ def svg(results: list[Result]) -> str:
              f'font-family="sans-serif" font-size="11">',
              f'<line x1="{x(1)}" y1="{pad}" x2="{x(1)}" y2="{h - pad}" stroke="#999" '
              f'stroke-dasharray="4"/>',
-             f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle">max LR / range test\'s '
-             f'validation-minimum reading (log scale, x1/4 ... x4)</text>',
+             f'<text x="{(w - legend) / 2}" y="{h - 10}" text-anchor="middle">max LR / '
+             f'range test\'s validation-minimum reading (log scale, x1/4 ... x4)</text>',
              f'<text x="12" y="{pad - 15}">test accuracy (mean of seeds; axis from '
              f'{100 * lo:.0f}%)</text>']
     for i, r in enumerate(results):
@@ -269,7 +269,7 @@ def svg(results: list[Result]) -> str:
                        for lr, a in zip(r.lrs, r.accuracies, strict=True))
         color = colors[i % len(colors)]
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{w - pad + 4}" y="{pad + 14 * i}" fill="{color}">{r.pair}'
+        parts.append(f'<text x="{w - legend}" y="{pad + 14 * i}" fill="{color}">{r.pair}'
                      f'</text>')
     parts.append("</svg>")
     return "\n".join(parts)
