@@ -122,11 +122,13 @@ def check_first_step(task: Task, model: nn.Module, batch: Any) -> None:
     loss = out.loss
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise ConfigError(f"the training step must return a scalar loss tensor (or (loss, "
-                          f"metric_sum, count)), but got {shape} on the first batch.")
+        raise ConfigError(f"the training step (train.step, or the built-in one with train.loss) "
+                          f"must return a scalar loss tensor (or (loss, metric_sum, count)), "
+                          f"but got {shape} on the first batch.")
     if not math.isfinite(loss.item()):
-        raise ConfigError(f"the training step returned a loss of {loss.item()} on the first "
-                          f"batch, before any update: check the loss and the data.")
+        raise ConfigError(f"the training step (train.step, or the built-in one with train.loss) "
+                          f"returned a loss of {loss.item()} on the first batch, before any "
+                          f"update: check the loss and the data.")
     if out.metric_sum is None and task.metric_name is not None:  # else it would report 0
         raise ConfigError(f"the training step returned a loss alone, but train.metric asks for "
                           f"{task.metric_name!r} ('auto' means accuracy with loss = "
