@@ -52,7 +52,7 @@ def tune(model_fn: Callable[[], nn.Module], train_set: DatasetLike, val_set: Dat
         config = load_study(config)
     device = runtime_device(config)
     splits = user_splits(train_set, val_set, test_set, config.data, device,
-                         classes=config.train.loss == "cross_entropy",
+                         classes=config.train.class_targets(),
                          items=step_fn is not None or collate_fn is not None or
                          bool(config.train.step), collate=collate_fn)
     workload = load_workload(config, model_fn, splits, step_fn)

@@ -192,6 +192,10 @@ class TrainConfig:
                              "valid: 'none' or a 'module:callable', but got metric='accuracy'.")
         return self
 
+    def class_targets(self) -> bool:
+        """Whether targets are class indices (cross-entropy), checked and counted as such."""
+        return self.loss == "cross_entropy"
+
     def metric_name(self) -> str | None:
         """The metric reports show (None: none)."""
         if self.metric == "auto":

@@ -90,7 +90,7 @@ def load_workload(config: StudyConfig, model_fn: Callable[[], nn.Module] | None 
     if splits is not None:
         splits = splits.to(device)
     elif is_user_data(config.data.name):  # the user's own data
-        splits = load_user_data(config.data, device, classes=config.train.loss == "cross_entropy",
+        splits = load_user_data(config.data, device, classes=config.train.class_targets(),
                                 items=bool(config.train.step or config.data.collate))
     else:
         splits = load_splits(config.data, device)

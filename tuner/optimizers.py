@@ -18,13 +18,7 @@ Params = Iterable[torch.nn.Parameter]
 class OptimizerKind:
     name: str
     make: Callable[[Params, float, float, float, TrainConfig], torch.optim.Optimizer]
-    momentum_key: str  # the param-group entry the schedule cycles: "momentum" or "betas"
-
-    def set_momentum(self, group: dict, momentum: float) -> None:
-        if self.momentum_key == "betas":
-            group["betas"] = (momentum, group["betas"][1])
-        else:
-            group["momentum"] = momentum
+    momentum_key: str  # the param-group entry the schedule cycles (train.set_hparams sets it)
 
     def momentum(self, group: dict) -> float:
         value = group[self.momentum_key]
@@ -57,8 +51,3 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float, momentum
     """``train.optimizer`` on ``model``'s parameters (``momentum``: SGD's, or Adam's beta1)."""
     return OPTIMIZERS[cfg.optimizer].make(model.parameters(), lr, momentum, weight_decay, cfg)
 
-
-def kind_of(optimizer: torch.optim.Optimizer) -> OptimizerKind:
-    """The registry entry of a built optimizer (by its param groups' keys)."""
-    group = optimizer.param_groups[0]
-    return OPTIMIZERS["sgd"] if "momentum" in group else OPTIMIZERS["adamw"]

@@ -62,8 +62,10 @@ class Task:
     step_fn: StepFn | None = None
     classification: bool = True  # targets are class indices (int64)
 
-    def step(self, model: nn.Module, batch: Any, memory_format: torch.memory_format | None
-             ) -> StepOutput:
+    def step(self, model: nn.Module, batch: Any, memory_format: torch.memory_format | None,
+             with_metric: bool = True) -> StepOutput:
+        """One batch's loss; its metric's sum too when ``with_metric`` (training steps skip
+        it: an argmax per step that nobody reads)."""
         if self.step_fn is not None:
             return self._user_step(model, batch)
         x, y = batch
@@ -71,7 +73,8 @@ class Task:
             x = x.contiguous(memory_format=memory_format)
         out = model(x).float()
         loss = self.loss(out, y)
-        metric = self.metric(out.detach(), y) if self.metric is not None else None
+        metric = (self.metric(out.detach(), y) if with_metric and self.metric is not None
+                  else None)
         return StepOutput(loss, metric, x.shape[0])
 
     def _user_step(self, model: nn.Module, batch: Any) -> StepOutput:
@@ -112,7 +115,7 @@ def make_task(cfg: TrainConfig, step_fn: StepFn | None = None) -> Task:
               else None)
     if step_fn is None and cfg.step:
         step_fn = named("step")
-    return Task(loss, metric, metric_name, step_fn, classification=cfg.loss == "cross_entropy")
+    return Task(loss, metric, metric_name, step_fn, classification=cfg.class_targets())
 
 
 def check_first_step(task: Task, model: nn.Module, batch: Any) -> None:

@@ -114,7 +114,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data, *,
             lr, momentum = schedule(step)
             set_hparams(optimizer, lr, momentum)
             with autocast(device):
-                loss = task.step(model, batch, memory_format).loss
+                loss = task.step(model, batch, memory_format, with_metric=False).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
