@@ -62,9 +62,21 @@ def start(cmd: list[str]) -> subprocess.Popen:
                             text=True)
 
 
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
+def reader(url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per URL for this test process: the helpers below are
+    polled every few milliseconds, and a storage made per call would hold its connections until
+    garbage collection (PostgreSQL allows 100)."""
+    if url not in _STORAGES:
+        _STORAGES[url] = optuna.storages.RDBStorage(url)
+    return _STORAGES[url]
+
+
 def running_trials(storage: str, run: str, stage: str) -> list[FrozenTrial]:
     try:
-        study = optuna.load_study(study_name=study_name(run, stage), storage=storage)
+        study = optuna.load_study(study_name=study_name(run, stage), storage=reader(storage))
     except KeyError:
         return []
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -94,13 +106,13 @@ def finished_per_point(storage: str, run: str) -> dict[str, Counter]:
     """For each stage, how many COMPLETE or PRUNED trials each grid point has."""
     out = {}
     for stage in NAMES:
-        study = optuna.load_study(study_name=study_name(run, stage), storage=storage)
+        study = optuna.load_study(study_name=study_name(run, stage), storage=reader(storage))
         done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
         out[stage] = Counter(tuple(sorted(trial_params(t).items())) for t in done)
     return out
 
 
 def failed_points(storage: str, run: str, stage: str) -> list[tuple]:
-    study = optuna.load_study(study_name=study_name(run, stage), storage=storage)
+    study = optuna.load_study(study_name=study_name(run, stage), storage=reader(storage))
     return [tuple(sorted(trial_params(t).items()))
             for t in study.get_trials(states=(TrialState.FAIL,))]

@@ -34,6 +34,7 @@ from .killing import (
     failed_points,
     finished_per_point,
     kill_when,
+    reader,
     running_trials,
     start,
     write_study,
@@ -179,7 +180,7 @@ def test_three_workers_on_postgresql_survive_a_sigkilled_worker(tmp_path: Path,
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if optuna.load_study(study_name="tiny/lr_range", storage=pg_url).user_attrs:
+            if optuna.load_study(study_name="tiny/lr_range", storage=reader(pg_url)).user_attrs:
                 break
         except KeyError:
             pass
