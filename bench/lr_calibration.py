@@ -9,6 +9,12 @@ of the 1cycle max LR, factors of sqrt(2) around the validation minimum (9 points
 markdown table per pair, the band within 0.3 points of the best, and which readings fall in
 it; ``--out DIR`` also writes the numbers (JSON) and an SVG of every curve.
 
+Then the pipeline's choice: the tool's stages 1 and 1b (range test, LR check) with the default
+study on the pair, and the sweep's 1cycle training at the max LR they chose (same seeds), so its
+accuracy can be set beside the sweep's best. ``--sweeps results.json`` reuses sweeps measured
+before and measures only the choice. ``--stability N`` runs only stages 1 and 1b from N search
+seeds per pair and prints the spread of the max LRs they chose.
+
     .venv/bin/python -m bench.lr_calibration --pairs mnist1d_cnn mlp_small digits_cnn
     .venv/bin/python -m bench.lr_calibration --pairs cifar3_10k --cifar cifar10_train.npz
 
@@ -27,16 +33,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from torch import nn
 
-from tuner.config import DataConfig, LRRangeConfig, ScheduleConfig
+from tuner.config import DataConfig, LRRangeConfig, ScheduleConfig, StudyConfig, TrainConfig
+from tuner.context import Context, Workload
 from tuner.data import Splits, concat, load_splits, make_splits
 from tuner.lr_range import NoUsableMinimum, decide_range, mean_curve, suggestions
 from tuner.models import build_model
 from tuner.range_test import range_test
 from tuner.schedules import LRMomentum, one_cycle
 from tuner.sources import Arrays, check_arrays
+from tuner.stages import lr_check, lr_range
+from tuner.stages.lr_check import LRDecision
+from tuner.storage import open_study
 from tuner.train import evaluate, fit, make_sgd
 
 BATCH, MOMENTUM, MIN_MOMENTUM, WEIGHT_DECAY = 32, 0.95, 0.85, 1e-4  # the stages' own
@@ -144,12 +155,25 @@ class Readings:
 
 
 @dataclass
+class Choice:
+    """What the tool's stages 1 and 1b (range test, LR check; default settings) chose."""
+
+    reading: float  # stage 1's max LR
+    max_lr: float  # stage 1b's
+    why: str
+    accuracies: list[float]  # 1cycle at max_lr, as the sweep's points (per seed)
+    seconds: float  # stages 1 and 1b
+    check: list[list[float]] = field(default_factory=list)  # [max LR, seeds' val losses...]
+
+
+@dataclass
 class Result:
     pair: str
     readings: Readings
     lrs: list[float] = field(default_factory=list)
     accuracies: list[list[float]] = field(default_factory=list)  # per LR, per seed
     seconds: float = 0.0
+    choice: Choice | None = None
 
 
 def finite(x: float) -> float | None:
@@ -199,7 +223,57 @@ def one_cycle_accuracy(pair: Pair, data: Splits, max_lr: float, epochs: int, see
     return evaluate(model, data.test).metric
 
 
-def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int]) -> Result:
+def checked_lr(pair: Pair, data: Splits, seed: int) -> tuple[LRDecision, list[list[float]]]:
+    """Stages 1 and 1b of the tool, default study (reference batch 32, SGD), on the pair; and
+    per checked max LR [max LR, each seed's final validation loss...] (none: pruned)."""
+    cfg = StudyConfig(train=TrainConfig(batch_size=BATCH, seed=seed))
+    ctx = Context(cfg, Workload(data, pair.model, torch.device("cpu")),
+                  optuna.storages.InMemoryStorage(), "calibration")
+    for stage in (lr_range.STAGE, lr_check.STAGE):
+        pruner = ctx.pruner(stage.reports(ctx)) if stage.reports is not None else None
+        study = open_study(ctx.storage, ctx.run, stage, pruner)
+        ctx.decisions[stage.name] = stage.run(ctx, study)
+    rows = [[t.params["max_lr"], *t.user_attrs.get("val_losses", [])] for t in study.trials]
+    return ctx.decision(LRDecision), rows
+
+
+def stability(name: str, pair: Pair, seeds: int) -> None:
+    """Stages 1 and 1b from ``seeds`` search seeds: the readings, the checked max LRs, their
+    spread (largest / smallest)."""
+    data = pair.data()
+    rows = []
+    for seed in range(seeds):
+        t0 = time.perf_counter()
+        d, _ = checked_lr(pair, data, seed)
+        rows.append(d)
+        print(f"  {name} seed {seed}: range test {d.reading:.4g}, x{d.factor:.3g} -> max LR "
+              f"{d.max_lr:.4g} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    lrs = [d.max_lr for d in rows]
+    readings = [d.reading for d in rows]
+    print(f"| {name} | {', '.join(f'{r:.3g}' for r in readings)} | "
+          f"{', '.join(f'{d.factor:.3g}' for d in rows)} | {', '.join(f'{x:.3g}' for x in lrs)} "
+          f"| {max(readings) / min(readings):.2f} | {max(lrs) / min(lrs):.2f} |", flush=True)
+
+
+def pipeline_choice(pair: Pair, data: Splits, epochs: int, seeds: list[int]) -> Choice:
+    """Stages 1 and 1b of the tool with the default study (reference batch 32, SGD) on the pair,
+    then the sweep's 1cycle training at the max LR they chose."""
+    t0 = time.perf_counter()
+    checked, check = checked_lr(pair, data, seeds[0])
+    seconds = time.perf_counter() - t0
+    accs = [one_cycle_accuracy(pair, data, checked.max_lr, epochs, s) for s in seeds]
+    print(f"  pipeline: range test {checked.reading:.4g}, checked max LR {checked.max_lr:.4g} "
+          f"({seconds:.0f} s): {100 * statistics.fmean(accs):.2f}%", flush=True)
+    return Choice(checked.reading, checked.max_lr, checked.why, accs, seconds, check)
+
+
+def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int],
+              sweep: Result | None = None) -> Result:
+    """The sweep (or ``sweep``, measured before) and the pipeline's choice."""
+    if sweep is not None:
+        data = pair.data()
+        sweep.choice = pipeline_choice(pair, data, pair.epochs or epochs, seeds)
+        return sweep
     t0 = time.perf_counter()
     data = pair.data()
     readings = read_range(pair, data, seeds)
@@ -213,6 +287,7 @@ def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int]) -> Result:
         print(f"  {name}: max LR {lr:.4g}: {100 * statistics.fmean(accs):.2f}% "
               f"({', '.join(f'{100 * a:.1f}' for a in accs)})", flush=True)
     result.seconds = time.perf_counter() - t0
+    result.choice = pipeline_choice(pair, data, pair.epochs or epochs, seeds)
     return result
 
 
@@ -236,15 +311,24 @@ def table(result: Result) -> str:
                      f"{100 * statistics.stdev(accs):.2f}{mark} |")
     lines += ["", f"Best {100 * best:.2f}%; band within 0.3 points: {lo:.4g} – {hi:.4g}.", "",
               "| reading | LR | in the band |", "|---|---|---|"]
-    for key, value in asdict(result.readings).items():
+    readings = asdict(result.readings)
+    if result.choice is not None:
+        readings["pipeline (stage 1b)"] = result.choice.max_lr
+    for key, value in readings.items():
         where = "—" if value is None else ("yes" if lo <= value <= hi else
                                            "below" if value < lo else "above")
         lines.append(f"| {key} | {'—' if value is None else f'{value:.4g}'} | {where} |")
+    if result.choice is not None:
+        accs = result.choice.accuracies
+        lines += ["", f"Pipeline: {result.choice.why}", "",
+                  f"Its 1cycle test accuracy: {100 * statistics.fmean(accs):.2f}% "
+                  f"({100 * (best - statistics.fmean(accs)):.2f} points below the sweep's best)."]
     return "\n".join(lines)
 
 
 def svg(results: list[Result]) -> str:
-    """Test accuracy against max LR / the validation-minimum reading, one line per pair."""
+    """Test accuracy against max LR / the validation-minimum reading, one line per pair; a ring
+    marks the pipeline's max LR and its accuracy."""
     w, h, pad, legend = 800, 360, 50, 150
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
@@ -269,10 +353,21 @@ def svg(results: list[Result]) -> str:
                        for lr, a in zip(r.lrs, r.accuracies, strict=True))
         color = colors[i % len(colors)]
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+        if r.choice is not None:  # the pipeline's max LR and its accuracy: a ring
+            parts.append(f'<circle cx="{x(r.choice.max_lr / center):.1f}" '
+                         f'cy="{y(statistics.fmean(r.choice.accuracies), lo):.1f}" r="5" '
+                         f'fill="none" stroke="{color}" stroke-width="2"/>')
         parts.append(f'<text x="{w - legend}" y="{pad + 14 * i}" fill="{color}">{r.pair}'
                      f'</text>')
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def load_sweeps(path: Path) -> dict[str, Result]:
+    """The sweeps of a results.json, by pair (without their pipeline choice)."""
+    rows = json.loads(path.read_text())
+    return {r["pair"]: Result(r["pair"], Readings(**r["readings"]), r["lrs"], r["accuracies"],
+                              r["seconds"]) for r in rows}
 
 
 def main() -> None:
@@ -285,15 +380,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--cifar", help="an npz file with arrays x (uint8 NHWC) and y (int64)")
     parser.add_argument("--out", type=Path, help="write results.json and curves.svg here")
+    parser.add_argument("--stability", type=int, default=0, metavar="N",
+                        help="instead: stages 1 and 1b from N search seeds per pair, and the "
+                             "spread of their max LRs")
+    parser.add_argument("--sweeps", type=Path,
+                        help="a results.json measured before: its pairs' sweeps are reused, "
+                             "only the pipeline's choice is measured")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     known = pairs(args.cifar)
+    before = load_sweeps(args.sweeps) if args.sweeps else {}
+    if args.stability:
+        print("| pair | range test max LR by seed | factor | checked max LR | spread of the "
+              "readings | spread of the max LRs |\n|---|---|---|---|---|---|")
+        for name in args.pairs:
+            stability(name, known[name], args.stability)
+        return
     results = []
     for name in args.pairs:
         if name not in known:
             raise SystemExit(f"unknown pair {name!r}; pairs: {', '.join(known)}")
-        results.append(calibrate(name, known[name], args.epochs, list(range(args.seeds))))
+        results.append(calibrate(name, known[name], args.epochs, list(range(args.seeds)),
+                                 before.get(name)))
         print(table(results[-1]), "\n", flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from tuner.stages import Decision, stage
 from tuner.stages.base import HParams
 from tuner.stages.batch_size import BatchSizeDecision
 from tuner.stages.final import FinalDecision
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.refine import RefineDecision
@@ -81,8 +82,29 @@ def _final_trial(seed: int, loss: float, metric: float | None) -> FrozenTrial:
                         user_attrs=attrs)
 
 
+# The range test's reading, and the max LR the LR check chose from it (x1.41; x2 diverged).
+READ = RangeDecision(min_lr=0.01, max_lr=0.1, batch_size=64, why="read off the curve",
+                     stop_reason="end_lr reached", suggestions={"valley": 0.02})
+CHECKED = LRDecision(min_lr=0.0141, max_lr=0.141, factor=1.41, reading=0.1, batch_size=64,
+                     why="x1.41 the range test's 0.1: lowest final val loss")
+CHECK_GRID = (0.1, 0.141, 0.2)
+
+
+def check_lr(run: Run, metric: float | None = 0.5) -> optuna.Study:
+    """The LR check, decided: x1 and x1.41 the reading complete, x2 diverged."""
+    study = stage_study(run, "lr_check")
+    for v, state, losses in ((0.1, TrialState.COMPLETE, [1.0, 0.5]),
+                             (0.141, TrialState.COMPLETE, [1.0, 0.45]),
+                             (0.2, TrialState.PRUNED, [1.0, math.nan])):
+        attrs = {"diverged": "training loss became nan"} if state == TrialState.PRUNED else {}
+        study.add_trial(grid_trial("max_lr", v, state, losses, CHECK_GRID, metric, **attrs))
+    decide(study, CHECKED)
+    return study
+
+
 def _grid_stages(run: Run, metric: float | None, optimizer: str) -> None:
-    """Momentum, weight decay and batch size, decided (one size ran its own range test)."""
+    """Momentum, weight decay and batch size, decided at the checked LR (one size ran its own
+    range test)."""
     m = stage_study(run, "momentum")
     for v, losses in ((0.95, [1.0, 0.5]), (0.9, [1.0, 0.7])):
         m.add_trial(grid_trial("max_momentum", v, TrialState.COMPLETE, losses, (0.95, 0.9),
@@ -96,12 +118,13 @@ def _grid_stages(run: Run, metric: float | None, optimizer: str) -> None:
     decide(w, WeightDecayDecision(weight_decay=1e-4, why="lowest val loss"))
     b = stage_study(run, "batch_size")
     b.add_trial(grid_trial("batch_size", 64, TrialState.COMPLETE, [1.0, 0.4], (64, 128), metric,
-                           max_lr=0.1, planned_steps=20))
+                           max_lr=CHECKED.max_lr, min_lr=CHECKED.min_lr, planned_steps=20))
     b.add_trial(grid_trial("batch_size", 128, TrialState.COMPLETE, [1.0, 0.5], (64, 128),
-                           metric, max_lr=0.2, min_lr=0.02, planned_steps=10,
-                           range_curve=range_curve(metric)))
-    decide(b, BatchSizeDecision(batch_size=64, min_lr=0.01, max_lr=0.1, final_epochs=3,
-                                budget_s=0.4, why="lowest val loss at equal time"))
+                           metric, max_lr=0.141, min_lr=0.0141, range_test_max_lr=0.1,
+                           planned_steps=10, range_curve=range_curve(metric)))
+    decide(b, BatchSizeDecision(batch_size=64, min_lr=CHECKED.min_lr, max_lr=CHECKED.max_lr,
+                                final_epochs=3, budget_s=0.4,
+                                why="lowest val loss at equal time"))
 
 
 def _refine(run: Run, metric: float | None, hp: HParams) -> None:
@@ -127,10 +150,10 @@ def finished_run(tmp_path: Path, train: TrainConfig, metric: float | None, name:
     lr = stage_study(run, "lr_range")
     lr.add_trial(create_trial(state=TrialState.COMPLETE, value=1.5, user_attrs={
         "curve": range_curve(metric), "suggestions": {"valley": 0.02}}))
-    decide(lr, RangeDecision(min_lr=0.01, max_lr=0.1, batch_size=64, why="read off the curve",
-                             stop_reason="end_lr reached", suggestions={"valley": 0.02}))
+    decide(lr, READ)
+    check_lr(run, metric)
     _grid_stages(run, metric, train.optimizer)
-    hp = HParams(0.01, 0.1, 0.95, 0.85, 1e-4, 64)
+    hp = HParams(CHECKED.min_lr, CHECKED.max_lr, 0.95, 0.85, 1e-4, 64)
     _refine(run, metric, hp)
     f = stage_study(run, "final")
     for seed, loss in ((0, 0.3), (1, 0.32)):

@@ -29,6 +29,11 @@ start_lr = 1e-2
 num_iters = 300
 eval_every = 10
 repeats = 2
+[lr_check]
+factors = [1.0, 2.0]
+prefer = 2.0
+epochs = 8
+repeats = 1
 [momentum]
 values = [0.95, 0.9]
 epochs = 8

@@ -66,8 +66,9 @@ def test_a_reference_size_alone_costs_nothing() -> None:
 def test_stage_seconds_asks_each_planned_stage_for_its_cost() -> None:
     cfg = StudyConfig().resolved()
     seconds = budget.stage_seconds(cfg, SPEED, SIZES)
-    assert list(seconds) == ["lr_range", "momentum", "weight_decay", "batch_size"]
+    assert list(seconds) == ["lr_range", "lr_check", "momentum", "weight_decay", "batch_size"]
     assert seconds["lr_range"] == pytest.approx(range_test_seconds(cfg, SPEED, 32, 1000))
+    assert seconds["lr_check"] == pytest.approx(grid_seconds(cfg, cfg.lr_check, SPEED, SIZES))
     assert seconds["momentum"] == pytest.approx(grid_seconds(cfg, cfg.momentum, SPEED, SIZES))
     assert seconds["weight_decay"] == pytest.approx(
         grid_seconds(cfg, cfg.weight_decay, SPEED, SIZES))
@@ -94,6 +95,7 @@ def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
     assert plan.applied == order[:len(plan.applied)]
     assert plan.config.lr_range.repeats == 2  # the first cut
     assert plan.config.momentum.repeats == plan.config.weight_decay.repeats == 1
+    assert plan.config.lr_check.repeats == 1
     assert plan.config.refine.total_s == pytest.approx(0.6 * full)
     # the cut-down study is a valid study whose estimate is the one reported
     assert budget.stage_seconds(plan.config, SPEED, SIZES) == plan.estimated_s
@@ -103,7 +105,7 @@ def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
     plan = budget.plan(StudyConfig(), 1.0, SPEED, SIZES)
     assert not plan.fits
     assert len(plan.applied) == len(budget.cuts())
-    assert plan.config.momentum.epochs == 12
+    assert plan.config.momentum.epochs == plan.config.lr_check.epochs == 12
     assert plan.config.lr_range.repeats == 1
     assert plan.config.batch_size.values == (32,)  # the reference alone: no batch-size runs
     assert plan.estimated_s["batch_size"] == 0.0

@@ -13,6 +13,7 @@ from tuner.pipeline import Result
 from tuner.stages.base import HParams
 from tuner.stages.batch_size import BatchSizeDecision
 from tuner.stages.final import FinalDecision
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.refine import RefineDecision
@@ -78,6 +79,8 @@ def test_summary_table_names_every_choice() -> None:
     values = HParams(0.025, 0.25, 0.95, 0.85, 1e-4, 128)
     decisions = {
         "lr_range": RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=32, why="", seconds=3.0),
+        "lr_check": LRDecision(min_lr=0.0282, max_lr=0.282, factor=1.41, reading=0.2,
+                               batch_size=32, why="", seconds=5.0),
         "momentum": MomentumDecision(max_momentum=0.95, min_momentum=0.85, why="",
                                      seconds=4.0),
         "weight_decay": WeightDecayDecision(weight_decay=1e-4, why="", seconds=4.0),
@@ -90,7 +93,9 @@ def test_summary_table_names_every_choice() -> None:
                                metrics=[0.951, 0.953, 0.955], why="", seconds=10.0),
     }
     table = summary_table(Result("r", "sqlite:///x.db", decisions))
-    for piece in ["0.02 – 0.2", "max momentum 0.95 (cycling down to 0.85)", "weight decay 0.0001",
+    for piece in ["0.02 – 0.2", "Max LR check", "LR 0.0282 – 0.282 (x1.41 the range test's 0.2)",
+                  "lr_range 3s, lr_check 5s, momentum 4s",
+                  "max momentum 0.95 (cycling down to 0.85)", "weight decay 0.0001",
                   "batch size 128 (LR 0.025 – 0.25)", "test accuracy 95.30% ± 0.20", "0.1900",
                   "batch_size 60s", "LR 0.025 - 0.25, momentum 0.95 -> 0.85", "Final 1cycle"]:
         assert piece in table

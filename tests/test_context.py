@@ -15,6 +15,7 @@ from tuner.context import Context, Workload, load_workload
 from tuner.data import Splits
 from tuner.models import build_model
 from tuner.stages.base import HParams
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.storage import open_storage
@@ -136,8 +137,12 @@ def test_a_budgeted_run_reads_the_data_once(tmp_path: Path, mnist1d_splits: Spli
 
 def test_context_decision_finds_the_typed_record() -> None:
     lr = RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=64, why="test")
-    ctx = Context(tiny_config(), None, None, "x", {"lr_range": lr})  # type: ignore[arg-type]
-    assert ctx.decision(RangeDecision) is lr
+    checked = LRDecision(min_lr=0.0282, max_lr=0.282, factor=1.41, reading=0.2, batch_size=64,
+                         why="check")
+    ctx = Context(tiny_config(), None, None, "x",  # type: ignore[arg-type]
+                  {"lr_range": lr, "lr_check": checked})
+    assert ctx.decision(RangeDecision) is lr  # the reading, and what the later stages use
+    assert ctx.decision(LRDecision) is checked
     with pytest.raises(LookupError, match="MomentumDecision"):
         ctx.decision(MomentumDecision)
 

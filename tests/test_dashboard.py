@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState, create_trial
 from optuna_dashboard import get_note
 
 from tuner.cli import main
@@ -40,7 +41,19 @@ from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.storage import Run, open_storage, study_name
 
 from .conftest import TinyRun, tiny_config
-from .hand_runs import F1, REGRESSION, decide, finished_run, stage_study, start_run, text_of
+from .hand_runs import (
+    CHECKED,
+    F1,
+    READ,
+    REGRESSION,
+    check_lr,
+    decide,
+    finished_run,
+    range_curve,
+    stage_study,
+    start_run,
+    text_of,
+)
 
 
 def _decision_words(d: Decision) -> list[str]:
@@ -69,7 +82,7 @@ def test_annotate_run_writes_what_each_decided_stage_lacks(tiny_run: TinyRun, tm
         assert note.startswith(f"### {st.title}"), st.name
         for words in _decision_words(tiny_run.result.decisions[st.name]):
             assert words in note, (st.name, words)
-    assert has_range_figure(studies["lr_range"])
+    assert has_range_figure(studies["lr_range"], checked=True)  # the LR check's max LR marked
     assert annotate_run(run) == []  # nothing is written twice
 
 
@@ -81,6 +94,45 @@ def test_annotate_stage_writes_the_note_and_the_range_figure(tiny_run: TinyRun, 
     annotate_stage(stage("lr_range"), studies["lr_range"], decision)
     assert decision.why in get_note(studies["lr_range"])
     assert has_range_figure(studies["lr_range"])
+
+
+def _range_test_decided(tmp_path: Path) -> Run:
+    """A run whose range test has decided (with its curve), nothing after it."""
+    run = start_run(tmp_path)
+    study = stage_study(run, "lr_range")
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.5,
+                                 user_attrs={"curve": range_curve(0.5)}))
+    decide(study, READ)
+    return run
+
+
+def test_the_lr_check_redraws_the_range_figure_with_its_max_lr(tmp_path: Path) -> None:
+    run = _range_test_decided(tmp_path)
+    rt = run.studies()["lr_range"]
+    annotate_stage(stage("lr_range"), rt, READ)  # as the pipeline does, before the check
+    assert has_range_figure(rt) and not has_range_figure(rt, checked=True)
+    check = check_lr(run)
+    annotate_stage(stage("lr_check"), check, CHECKED)
+    assert has_range_figure(rt, checked=True)
+    note = get_note(check)
+    assert note.startswith("### Max LR check")
+    assert all(words in note for words in _decision_words(CHECKED))
+    figure = "".join(v for k, v in _system_attrs(rt).items() if k.startswith("dashboard:plot"))
+    assert "checked max LR 0.141 (x1.41)" in figure
+
+
+def test_tuner_dashboard_redraws_a_range_figure_drawn_before_the_check(tmp_path: Path) -> None:
+    run = _range_test_decided(tmp_path)
+    assert sorted(annotate_run(run)) == ["lr_range figure", "lr_range note"]
+    check_lr(run)  # decided, but its hook never ran (a worker killed before it)
+    (tmp_path / "artifacts").mkdir()
+    store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    assert sorted(annotate_run(run, store)) == [
+        "lr_check note", "lr_range artifact", "lr_range figure"]
+    assert has_range_figure(run.studies()["lr_range"], checked=True)
+    (svg,) = (tmp_path / "artifacts").rglob("*")
+    assert "checked max LR 0.141 (x1.41)" in svg.read_text()
+    assert annotate_run(run, store) == []
 
 
 def test_a_note_that_cannot_be_written_never_fails_the_run(
@@ -136,8 +188,8 @@ def test_notes_of_a_regression_show_no_accuracy(tmp_path: Path) -> None:
     (tmp_path / "artifacts").mkdir()
     store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
     assert sorted(annotate_run(run, store)) == sorted(
-        ["momentum note", "weight_decay note", "batch_size note", "refine note",
-         "lr_range artifact"])
+        ["lr_check note", "momentum note", "weight_decay note", "batch_size note",
+         "refine note", "lr_range artifact"])
     notes = {name: get_note(study) for name, study in studies.items()}
     (svg,) = (tmp_path / "artifacts").rglob("*")
     figure = [v for k, v in _system_attrs(studies["lr_range"]).items()
@@ -146,6 +198,8 @@ def test_notes_of_a_regression_show_no_accuracy(tmp_path: Path) -> None:
     assert ("**Trained with:** AdamW, beta1 0.9, beta2 0.99 (constant during the test); loss "
             "MSE") in notes["lr_range"]
     assert "AdamW, beta1 0.9, beta2 0.99" in "".join(figure) + svg.read_text()
+    assert "checked max LR 0.141 (x1.41)" in svg.read_text()
+    assert CHECKED.summary() in notes["lr_check"] and CHECKED.why in notes["lr_check"]
     assert ("**Trained with:** AdamW, beta2 0.99 (1cycle); loss MSE; metric none"
             in notes["final"])
     assert "test loss 0.3100 ± 0.0140 over 2 seed(s)" in notes["final"]

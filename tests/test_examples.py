@@ -3,9 +3,9 @@ each runs through its study file and through ``tuner.tune``, and each tuned resu
 untuned run of the same budget: the same model and data, the optimizer's PyTorch defaults at a
 constant LR, for as many optimizer steps as the final training, scored the same way.
 
-The tuning stages are cut to seconds (one short range test, two momentum values, two weight
-decays, one or two batch sizes, one final seed); the final training is as long as the study file
-says, so the budget compared is the one a user of the example gets.
+The tuning stages are cut to seconds (one short range test, two max LRs checked, two momentum
+values, two weight decays, one or two batch sizes, one final seed); the final training is as
+long as the study file says, so the budget compared is the one a user of the example gets.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ def tiny_study(name: str) -> StudyConfig:
     return cfg.replace(
         train=R(cfg.train, threads=1),
         lr_range=R(cfg.lr_range, num_iters=200, repeats=1),
+        # the files leave [lr_check] at its defaults; its runs as long as the momentum stage's
+        lr_check=R(cfg.lr_check, factors=(1.0, 2.0), prefer=2.0, epochs=cfg.momentum.epochs,
+                   repeats=1),
         momentum=R(cfg.momentum, values=(0.95, 0.9), repeats=1),
         weight_decay=R(cfg.weight_decay, values=(held, 0.0), repeats=1),
         batch_size=R(cfg.batch_size, values=SIZES[name], budget_s=0.5, range_test_iters=200,

@@ -31,9 +31,12 @@ def test_inspect_run_notebook_executes(tiny_run: TinyRun, monkeypatch: pytest.Mo
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"run '{tiny_run.run}'" in text
     assert "lr_range: validation loss fell" in text
+    assert "lr_check: x" in text  # the LR check's why: "x1.41 the range test's 0.1: ..."
     assert "optimizer SGD · loss cross-entropy · metric accuracy" in text
     figures = [o for o in outputs if "application/json" in o.get("data", {})
                or "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert len(figures) == len(STAGES)  # the tiny run refines too: every stage has a figure
     tables = [o for o in outputs if "text/html" in o.get("data", {})]
     assert len(tables) >= 4  # summary, trials, history, range test rules...
+    assert "checked max LR" in "".join(o["data"].get("text/plain", "") for o in outputs
+                                       if "data" in o)

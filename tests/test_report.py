@@ -4,6 +4,7 @@ headless Chromium (every figure drew, no JavaScript error; a screenshot is kept)
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 import shutil
 import subprocess
@@ -47,10 +48,15 @@ def test_every_stage_has_its_figure(tiny_run: TinyRun) -> None:
     rt = figs["lr_range"]
     names = [t.name for t in rt.data]
     assert rt.layout.xaxis.type == "log"
-    assert any(n.startswith("chosen range") for n in names)
+    assert any(n.startswith("range read off the test") for n in names)
+    (checked,) = [t for t in rt.data if t.name.startswith("checked max LR")]
+    assert checked.name == info.range_test.checked.label
+    assert list(checked.x) == pytest.approx([tiny_run.result.decisions["lr_check"].max_lr] * 2,
+                                            rel=1e-4)
     assert "validation loss" in names and "training loss (smoothed)" in names
     assert sum(n.startswith("suggestion:") for n in names) == len(info.range_test.suggestions)
-    for stage in ("momentum", "weight_decay"):
+    assert figs["lr_check"].layout.legend.title.text == "max LR"
+    for stage in ("lr_check", "momentum", "weight_decay"):
         chosen = [t for t in figs[stage].data if t.name and t.name.endswith("(chosen)")]
         assert len(chosen) == 1 and chosen[0].line.width == 4
     sizes = [t for t in figs["batch_size"].data if t.showlegend is not False]
@@ -71,6 +77,11 @@ def test_range_test_figure_marks_where_the_test_diverged(tiny_run: TinyRun) -> N
     root = ET.fromstring(svg)  # well-formed
     assert root.tag.endswith("svg") and "stopped at" in svg and "exceeded" in svg
     assert svg.count("<polyline") >= 2
+    assert stopped.checked is not None and stopped.checked.label in svg  # the LR check's
+    unchecked = range_test_svg(dataclasses.replace(stopped, checked=None))
+    assert "checked max LR" not in unchecked
+    assert not [t for t in range_test_figure(dataclasses.replace(stopped, checked=None)).data
+                if t.name.startswith("checked")]
 
 
 def test_report_page_is_self_contained_and_small(tiny_run: TinyRun, tmp_path: Path) -> None:
@@ -81,7 +92,7 @@ def test_report_page_is_self_contained_and_small(tiny_run: TinyRun, tmp_path: Pa
     assert page.count("<script") == 1 + len(STAGES)  # plotly.js once, then one per figure
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)  # no fetches
     d = tiny_run.result.decisions
-    for text in [f"batch size {d['batch_size'].batch_size}",
+    for text in [f"batch size {d['batch_size'].batch_size}", html.escape(d["lr_check"].summary()),
                  f"weight decay {d['weight_decay'].weight_decay:g}",
                  f"test accuracy {format_metric('accuracy', d['final'].metric)}",
                  "LR range test (batch size 64; SGD, momentum 0.9)",
@@ -110,6 +121,12 @@ def test_a_regression_report_shows_no_accuracy_anywhere(tmp_path: Path) -> None:
     assert rt.layout.yaxis.title.text == "loss (MSE)" and "loss (MSE)" in range_test_svg(
         info.range_test)
     assert all(t.customdata is None for t in rt.data)  # no metric in the hover
+    assert "checked max LR 0.141 (x1.41)" in [t.name for t in rt.data]
+    assert "checked max LR 0.141 (x1.41)" in range_test_svg(info.range_test)
+    check = drawn["lr_check"]
+    assert check.layout.title.text == "Max LR check: validation loss per epoch (chosen: 0.141)"
+    assert [t.name for t in check.data if t.showlegend is not False] == [
+        "max LR 0.1", "max LR 0.141 (chosen)", "max LR 0.2 (diverged)"]
     assert drawn["momentum"].layout.legend.title.text == "max beta1"
     bs = drawn["batch_size"]  # validation loss above, the range tests below: no metric column
     assert [a.text for a in bs.layout.annotations][0] == "validation loss"

@@ -14,10 +14,11 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.config import MomentumConfig
+from tuner.config import MomentumConfig, TrainConfig
 from tuner.dashboard import make_dashboard_server
 from tuner.report import write_report
 from tuner.report_data import (
+    CheckedLR,
     Training,
     downsample,
     get_range_test_info,
@@ -29,6 +30,7 @@ from tuner.report_data import (
 from tuner.stages import NAMES, STAGES, stage
 from tuner.stages.base import HParams
 from tuner.stages.final import FinalDecision
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.status import status_table
@@ -37,11 +39,15 @@ from tuner.tables import history_table, summary_frame, trials_table, write_csv
 
 from .conftest import TinyRun, tiny_config
 from .hand_runs import (
+    CHECK_GRID,
+    CHECKED,
     F1,
+    READ,
     REGRESSION,
     decide,
     finished_run,
     grid_trial,
+    range_curve,
     stage_study,
     start_run,
 )
@@ -73,6 +79,18 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
     assert rt.max_lr in rt.val_lrs  # the max LR is read off the validation curve
     assert set(rt.suggestions) <= {"valley", "minimum", "steepest"}
     assert rt.val_losses_each == []  # a single test: no per-test curves
+    checked = d["lr_check"]
+    assert rt.checked == CheckedLR(checked.min_lr, checked.max_lr, checked.factor)
+    assert checked.reading == rt.max_lr
+    assert any(checked.factor == pytest.approx(f) for f in cfg.lr_check.factors)
+
+    check = info.grid("lr_check")  # a grid of multiples of the reading
+    assert check is not None and check.title == "Max LR check" and check.label == "max LR"
+    assert check.param == "max_lr" and check.planned_reports == cfg.lr_check.epochs
+    assert sorted(c.value for c in check.trials) == pytest.approx(
+        [rt.max_lr * f for f in cfg.lr_check.factors])
+    assert [c.value for c in check.trials if c.chosen] == [checked.max_lr]
+    assert check.why == checked.why and check.budget_s is None and check.range_tests == {}
 
     for name, values in [("momentum", cfg.momentum.values),
                          ("weight_decay", cfg.weight_decay.values)]:
@@ -81,14 +99,15 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
         assert sorted(c.value for c in grid.trials) == sorted(values)
         assert [c.value for c in grid.trials if c.chosen] == [getattr(d[name], grid.param)]
         assert grid.planned_reports == 3 and grid.budget_s is None
-        for c in grid.trials:
+    for name in ("lr_check", "momentum", "weight_decay"):
+        for c in info.grid(name).trials:
             assert c.reports == list(range(1, len(c.val_losses) + 1))
             assert len(c.val_losses) == len(c.val_metrics) == len(c.seconds)
 
     bs = info.grid("batch_size")
     assert bs is not None and bs.chosen == d["batch_size"].batch_size
     assert bs.budget_s == d["batch_size"].budget_s == cfg.batch_size.budget_s
-    # The reference size keeps stage 1's range test; every other size ran its own.
+    # The reference size keeps the checked range; every other size ran its own range test.
     assert sorted(bs.range_tests) == sorted(set(cfg.batch_size.values) - {cfg.train.batch_size})
     for c in bs.trials:
         assert c.seconds == sorted(c.seconds) and c.attrs["planned_steps"] >= 1
@@ -96,7 +115,7 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
             assert bs.range_tests[c.value].max_lr == c.attrs["max_lr"]
             assert bs.range_tests[c.value].batch_size == c.value
         else:
-            assert c.attrs["max_lr"] == d["lr_range"].max_lr
+            assert c.attrs["max_lr"] == d["lr_check"].max_lr
 
 
 def test_final_info_of_the_tiny_run(tiny_run: TinyRun) -> None:
@@ -227,6 +246,47 @@ def test_range_test_that_diverged_marks_where_it_stopped(tmp_path: Path) -> None
     decide(study, RangeDecision(min_lr=0.1, max_lr=1.0, batch_size=32, why="read off"))
     info = get_range_test_info(study)
     assert (info.min_lr, info.max_lr, info.batch_size, info.why) == (0.1, 1.0, 32, "read off")
+
+
+def test_the_lr_check_is_a_grid_of_max_lrs_marked_on_the_range_test(tmp_path: Path) -> None:
+    run = finished_run(tmp_path, TrainConfig(batch_size=64, threads=1), 0.5)
+    info = load_run(run)
+    check = info.grid("lr_check")
+    assert check is not None and (check.param, check.label) == ("max_lr", "max LR")
+    assert [c.label for c in check.trials] == ["0.1", "0.141 (chosen)", "0.2 (diverged)"]
+    assert check.chosen == CHECKED.max_lr and check.why == CHECKED.why
+    assert summary_frame(info).loc["lr_check", "decision"] == CHECKED.summary()
+    rt = info.range_test  # the reading stays the range test's; the check's choice beside it
+    assert (rt.min_lr, rt.max_lr) == (READ.min_lr, READ.max_lr)
+    assert rt.checked == CheckedLR(0.0141, 0.141, 1.41)
+    assert rt.checked.label == "checked max LR 0.141 (x1.41)"
+    study = run.studies()["lr_range"]  # read alone, a range test marks no check
+    assert get_range_test_info(study).checked is None
+    assert get_range_test_info(study, checked=CHECKED).checked == rt.checked
+
+    table = trials_table(run)
+    rows = table[table["stage"] == "lr_check"]
+    assert list(rows["param"]) == ["max_lr"] * 3
+    assert list(rows["param_value"]) == list(CHECK_GRID)
+    assert list(rows["state"]) == ["complete", "complete", "diverged"]
+    history = history_table(run)
+    assert set(history.loc[history["stage"] == "lr_check", "param_value"]) == set(CHECK_GRID)
+
+
+def test_a_check_of_one_factor_shows_its_decision_without_a_grid(tmp_path: Path) -> None:
+    run = start_run(tmp_path)
+    study = stage_study(run, "lr_range")
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.5,
+                                 user_attrs={"curve": range_curve(0.5)}))
+    decide(study, READ)
+    decide(stage_study(run, "lr_check"), LRDecision(
+        min_lr=0.01, max_lr=0.1, factor=1.0, reading=0.1, batch_size=64,
+        why="x1 the range test's 0.1: the only factor, no runs"))
+    info = load_run(run)
+    assert list(info.details) == ["lr_range"] and info.grid("lr_check") is None
+    check = next(s for s in info.stages if s.stage == "lr_check")
+    assert (check.status, check.chosen) == ("done", "LR 0.01 – 0.1 (x1 the range test's 0.1)")
+    assert info.range_test.checked == CheckedLR(0.01, 0.1, 1.0)
 
 
 def test_a_run_cut_short_reports_what_it_has(tmp_path: Path) -> None:

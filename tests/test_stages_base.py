@@ -23,6 +23,7 @@ from tuner.stages import NAMES, STAGES, stage
 from tuner.stages.base import Decision, HParams, Stage, epoch_steps, find
 from tuner.stages.batch_size import BatchSizeDecision
 from tuner.stages.final import FinalDecision
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.refine import RefineDecision
@@ -43,6 +44,8 @@ SAMPLES: dict[type[Decision], Decision] = {
                                  stop_reason="loss above 4x its minimum",
                                  suggestions={"valley": 0.05, "minimum": 0.03},
                                  why="the validation minimum", seconds=1.5),
+    LRDecision: LRDecision(min_lr=0.0282, max_lr=0.282, factor=1.41, reading=0.2, batch_size=64,
+                           why="lowest", seconds=1.75),
     MomentumDecision: MomentumDecision(max_momentum=0.95, min_momentum=0.85, why="lowest",
                                        seconds=2.0),
     WeightDecayDecision: WeightDecayDecision(weight_decay=1e-5, why="lowest", seconds=2.5),
@@ -133,8 +136,8 @@ def test_stage_refuses_an_unknown_direction() -> None:
 
 
 def test_stage_by_name() -> None:
-    assert stage("momentum") is STAGES[1]
-    with pytest.raises(KeyError, match="no stage 'nope'; stages: lr_range, momentum"):
+    assert stage("momentum") is STAGES[2]
+    with pytest.raises(KeyError, match="no stage 'nope'; stages: lr_range, lr_check, momentum"):
         stage("nope")
 
 

@@ -22,6 +22,7 @@ from tuner.stages.grid import (
     metric_text,
     scored,
 )
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
@@ -177,6 +178,8 @@ def test_grid_stages_cost_and_prune_by_their_own_section(stage: Stage) -> None:
 
 
 RANGE = RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=64, why="test")
+CHECKED = LRDecision(min_lr=0.0282, max_lr=0.282, factor=1.41, reading=0.2, batch_size=64,
+                     why="test")
 MOMENTUM = MomentumDecision(max_momentum=0.9, min_momentum=0.85, why="test")
 
 
@@ -192,13 +195,14 @@ def fake_repeated_run(losses: dict[float, float], seen: list[tuple[HParams, int,
     return repeated_run
 
 
-def test_momentum_stage_runs_its_grid_on_stage_one_range(
+def test_momentum_stage_runs_its_grid_on_the_checked_range(
         mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     cfg = tiny_config()  # momentum values (0.95, 0.9)
     seen: list[tuple[HParams, int, int]] = []
     monkeypatch.setattr(Context, "repeated_run", fake_repeated_run({0.95: 0.4, 0.9: 0.3}, seen))
     ctx = Context(cfg, Workload(mnist1d_splits, lambda: None, torch.device("cpu")),  # type: ignore[arg-type,return-value]
-                  optuna.storages.InMemoryStorage(), "x", {"lr_range": RANGE})
+                  optuna.storages.InMemoryStorage(), "x",
+                  {"lr_range": RANGE, "lr_check": CHECKED})
     study = optuna.create_study(storage=ctx.storage, study_name="x/momentum")
     decision = momentum.STAGE.run(ctx, study)
     assert decision == MomentumDecision(max_momentum=0.9, min_momentum=cfg.momentum.min_momentum,
@@ -206,7 +210,7 @@ def test_momentum_stage_runs_its_grid_on_stage_one_range(
     assert decision.why.startswith("max momentum 0.9 gave the lowest")
     assert sorted(hp.max_momentum for hp, _, _ in seen) == [0.9, 0.95]
     for hp, repeats, epochs in seen:
-        assert (hp.min_lr, hp.max_lr, hp.batch_size) == (0.02, 0.2, cfg.train.batch_size)
+        assert (hp.min_lr, hp.max_lr, hp.batch_size) == (0.0282, 0.282, cfg.train.batch_size)
         assert hp.min_momentum == cfg.momentum.min_momentum
         assert hp.weight_decay == cfg.resolved().momentum.weight_decay
         assert (repeats, epochs) == (cfg.momentum.repeats, cfg.momentum.epochs)
@@ -219,12 +223,12 @@ def test_weight_decay_stage_uses_the_chosen_momentum(
     monkeypatch.setattr(Context, "repeated_run", fake_repeated_run({1e-4: 0.2, 0.0: 0.3}, seen))
     ctx = Context(cfg, Workload(mnist1d_splits, lambda: None, torch.device("cpu")),  # type: ignore[arg-type,return-value]
                   optuna.storages.InMemoryStorage(), "x",
-                  {"lr_range": RANGE, "momentum": MOMENTUM})
+                  {"lr_range": RANGE, "lr_check": CHECKED, "momentum": MOMENTUM})
     study = optuna.create_study(storage=ctx.storage, study_name="x/weight_decay")
     decision = weight_decay.STAGE.run(ctx, study)
     assert isinstance(decision, WeightDecayDecision) and decision.weight_decay == 1e-4
     assert sorted(hp.weight_decay for hp, _, _ in seen) == [0.0, 1e-4]
     for hp, repeats, epochs in seen:
         assert (hp.max_momentum, hp.min_momentum) == (0.9, 0.85)
-        assert (hp.min_lr, hp.max_lr) == (0.02, 0.2)
+        assert (hp.min_lr, hp.max_lr) == (0.0282, 0.282)
         assert (repeats, epochs) == (cfg.weight_decay.repeats, cfg.weight_decay.epochs)

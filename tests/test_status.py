@@ -14,15 +14,27 @@ from tuner.stages.lr_range import RangeDecision
 from tuner.status import status_table
 from tuner.storage import TOOL_ATTR, NoSuchRun, open_storage
 
-from .hand_runs import F1, REGRESSION, decide, finished_run, grid_trial, stage_study, start_run
+from .hand_runs import (
+    CHECKED,
+    F1,
+    REGRESSION,
+    check_lr,
+    decide,
+    finished_run,
+    grid_trial,
+    stage_study,
+    start_run,
+)
 
 DECISION = RangeDecision(min_lr=0.01, max_lr=0.1, batch_size=64, why="read off the curve")
 
 
 def _half_run(tmp_path: Path, name: str = "r") -> None:
-    """The range test decided, the momentum grid half done (one trial waiting)."""
+    """The range test and the LR check decided, the momentum grid half done (one trial
+    waiting)."""
     run = start_run(tmp_path, name)
     decide(stage_study(run, "lr_range"), DECISION)
+    check_lr(run)
     momentum = stage_study(run, "momentum")
     momentum.add_trial(grid_trial("max_momentum", 0.95, TrialState.COMPLETE, [1.0, 0.5],
                                   (0.95, 0.9)))
@@ -36,8 +48,12 @@ def test_status_of_a_run_in_progress(tmp_path: Path) -> None:
     table = status_table(f"sqlite:///{tmp_path}/t.db")
     assert list(table["stage"]) == list(NAMES) and set(table["run"]) == {"r"}
     rows = table.set_index("stage")
-    assert list(rows["state"]) == ["done", "running"] + ["not started"] * (len(NAMES) - 2)
+    assert list(rows.index[:3]) == ["lr_range", "lr_check", "momentum"]
+    assert list(rows["state"]) == ["done"] * 2 + ["running"] + ["not started"] * (len(NAMES) - 3)
     assert rows.loc["lr_range", "decision"] == DECISION.summary() == "LR 0.01 – 0.1"
+    assert rows.loc["lr_check", "decision"] == CHECKED.summary() == (
+        "LR 0.0141 – 0.141 (x1.41 the range test's 0.1)")
+    assert (rows.loc["lr_check", ["complete", "pruned", "waiting"]] == [2, 1, 0]).all()
     assert (rows.loc["momentum", ["complete", "pruned", "waiting"]] == [1, 1, 1]).all()
     assert rows.loc["momentum", "decision"] == "" and rows.loc["final", "complete"] == 0
 
@@ -69,7 +85,8 @@ def test_status_command_prints_the_table(tmp_path: Path,
     assert main(["status", "--storage", f"sqlite:///{tmp_path}/t.db"]) == 0
     out = capsys.readouterr().out
     for piece in ["run", "stage", "complete", "pruned", "failed", "decision", "lr_range",
-                  "final", "LR 0.01 – 0.1", "done", "not started"]:
+                  "lr_check", "final", "LR 0.01 – 0.1", "x1.41 the range test's 0.1", "done",
+                  "not started"]:
         assert piece in out
     empty = tmp_path / "empty.db"
     open_storage(f"sqlite:///{empty}")

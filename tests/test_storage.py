@@ -11,6 +11,7 @@ import pytest
 
 from tuner.config import StudyConfig
 from tuner.stages import NAMES, stage
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.storage import (
     DECISION_ATTR,
@@ -103,6 +104,16 @@ def test_open_study_is_idempotent_and_keeps_decisions(storage: optuna.storages.B
     study.set_user_attr(DECISION_ATTR, decision.to_json())
     again = open_study(storage, "r", momentum)
     assert read_decision(momentum, again) == decision
+
+
+def test_the_lr_check_decision_round_trips(storage: optuna.storages.BaseStorage) -> None:
+    check = stage("lr_check")
+    study = open_study(storage, "r", check)
+    decision = LRDecision(min_lr=0.0141, max_lr=0.141, factor=1.41, reading=0.1, batch_size=64,
+                          why="x1.41 the range test's 0.1", seconds=2.0)
+    study.set_user_attr(DECISION_ATTR, decision.to_json())
+    assert read_decision(check, open_study(storage, "r", check)) == decision
+    assert run_names(storage) == ["r"]  # a run's study, whichever stage it is
 
 
 def test_run_names_in_creation_order(storage: optuna.storages.BaseStorage) -> None:

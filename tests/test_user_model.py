@@ -18,6 +18,7 @@ from tuner.cli import main
 from tuner.config import (
     BatchSizeConfig,
     FinalConfig,
+    LRCheckConfig,
     LRRangeConfig,
     MomentumConfig,
     WeightDecayConfig,
@@ -55,6 +56,12 @@ threads = 1
 start_lr = 1e-3
 num_iters = 200
 eval_every = 10
+repeats = 1
+
+[lr_check]
+factors = [1.0, 2.0]
+prefer = 2.0
+epochs = 2
 repeats = 1
 
 [momentum]
@@ -111,6 +118,8 @@ def test_user_model_file_and_npz_data_tuned_end_to_end_by_the_cli(
     assert "test accuracy" in table and "mine" in table
     final = optuna.load_study(study_name="mine/final", storage=url).user_attrs["decision"]
     assert final["scored_on"] == "test" and final["metric"] > 0.5  # four classes: chance 0.25
+    check = optuna.load_study(study_name="mine/lr_check", storage=url)
+    assert len(check.trials) == 2 and check.user_attrs["decision"]["factor"] in (1.0, 2.0)
     stored = optuna.load_study(study_name="mine/lr_range", storage=url).user_attrs["config"]
     assert stored["model"] == {"name": "mymodels:make", "kwargs": {"width": 6},
                                "path": str(project.resolve())}
@@ -162,6 +171,7 @@ def tiny_tune_config(name: str) -> tuner.StudyConfig:
     return tiny_config(
         name=name,
         lr_range=LRRangeConfig(start_lr=1e-3, num_iters=200, eval_every=10, repeats=1),
+        lr_check=LRCheckConfig(factors=(1.0, 2.0), prefer=2.0, epochs=2, repeats=1),
         momentum=MomentumConfig(values=(0.9,), epochs=2),
         weight_decay=WeightDecayConfig(values=(1e-4, 0.0), epochs=2),
         batch_size=BatchSizeConfig(values=(32, 64), budget_s=0.3, range_test_iters=200,

@@ -128,9 +128,10 @@ def test_workers_enqueueing_together_enqueue_each_point_once(pg_url: str) -> Non
     assert len(trials) == len(points)
 
 
-def test_sigkill_at_five_moments_each_rerun_completes(tmp_path: Path) -> None:
-    """Kill the single-process run during the range test, in each grid stage and during final
-    training; every rerun carries on and no finished trial is run twice."""
+def test_sigkill_at_six_moments_each_rerun_completes(tmp_path: Path) -> None:
+    """Kill the single-process run during the range test, in each grid stage (the LR check
+    included) and during final training; every rerun carries on and no finished trial is run
+    twice."""
     url = f"sqlite:///{tmp_path}/t.db"
     cmd = cli("run", str(write_study(tmp_path)), storage=url)
 
@@ -146,7 +147,8 @@ def test_sigkill_at_five_moments_each_rerun_completes(tmp_path: Path) -> None:
             return running[0] if running else None
         return caught
 
-    moments = [("lr_range", any_running("lr_range")), ("momentum", reporting("momentum")),
+    moments = [("lr_range", any_running("lr_range")), ("lr_check", reporting("lr_check")),
+               ("momentum", reporting("momentum")),
                ("weight_decay", reporting("weight_decay")),
                ("batch_size", any_running("batch_size")), ("final", reporting("final"))]
     killed: dict[str, tuple] = {}

@@ -3,10 +3,10 @@
 The stages' costs are estimated from throughputs measured on this machine (seconds per training
 step at each candidate batch size, seconds per evaluated sample), then the study is cut down one
 step at a time in a fixed order until stages 1-4 fit: fewer range-test repeats, one seed per
-momentum and weight-decay value, shorter short runs, fewer batch sizes (``cuts``). Whatever
-stages 1-4 leave goes to the refinement (``refine.total_s`` = the budget). The estimates are
-upper bounds: a range test that diverges early and a pruned run cost less, and the refinement
-takes up the slack.
+LR-check, momentum and weight-decay value, shorter short runs, fewer batch sizes (``cuts``).
+Whatever stages 1-4 leave goes to the refinement (``refine.total_s`` = the budget). The
+estimates are upper bounds: a range test that diverges early and a pruned run cost less, and the
+refinement takes up the slack.
 
 A faster machine keeps more of the study in the same seconds; the cut-down study is stored with
 the run like any other, so a resumed run or another worker uses it as it is.
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # to minute (a shared VM: 1.6x between two measurements here) makes 2 s of measuring a rough
 # guide. The refinement is cut to the second and uses what they leave.
 PLAN_SHARE = 0.8
+GRIDS = ("lr_check", "momentum", "weight_decay")  # the config sections of the short-run grids
 
 
 def stage_seconds(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> dict[str, float]:
@@ -44,6 +45,12 @@ def stage_seconds(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> dict[str, flo
     return {s.name: s.cost(cfg, speed, sizes) for s in STAGES if s.cost is not None}
 
 
+def _capped(section: object, **limits: int) -> object:
+    """``section`` with each named field at most its limit."""
+    return dataclasses.replace(section, **{k: min(v, getattr(section, k))  # type: ignore[type-var]
+                                           for k, v in limits.items()})
+
+
 def _repeats(lr: int | None = None, grid: int | None = None) -> Callable[[StudyConfig],
                                                                           StudyConfig]:
     def cut(cfg: StudyConfig) -> StudyConfig:
@@ -51,21 +58,16 @@ def _repeats(lr: int | None = None, grid: int | None = None) -> Callable[[StudyC
             cfg = cfg.replace(lr_range=dataclasses.replace(
                 cfg.lr_range, repeats=min(lr, cfg.lr_range.repeats)))
         if grid is not None:
-            cfg = cfg.replace(
-                momentum=dataclasses.replace(cfg.momentum,
-                                             repeats=min(grid, cfg.momentum.repeats)),
-                weight_decay=dataclasses.replace(cfg.weight_decay,
-                                                 repeats=min(grid, cfg.weight_decay.repeats)))
+            cfg = cfg.replace(**{name: _capped(getattr(cfg, name), repeats=grid)
+                                 for name in GRIDS})
         return cfg
     return cut
 
 
 def _short_epochs(epochs: int) -> Callable[[StudyConfig], StudyConfig]:
     def cut(cfg: StudyConfig) -> StudyConfig:
-        return cfg.replace(
-            momentum=dataclasses.replace(cfg.momentum, epochs=min(epochs, cfg.momentum.epochs)),
-            weight_decay=dataclasses.replace(cfg.weight_decay,
-                                             epochs=min(epochs, cfg.weight_decay.epochs)))
+        return cfg.replace(**{name: _capped(getattr(cfg, name), epochs=epochs)
+                              for name in GRIDS})
     return cut
 
 
@@ -85,7 +87,7 @@ def cuts() -> list[tuple[str, Callable[[StudyConfig], StudyConfig]]]:
     compared instead, the ones nearest the reference kept."""
     return [
         ("range tests from 2 seeds", _repeats(lr=2)),
-        ("one seed per momentum and weight-decay value", _repeats(grid=1)),
+        ("one seed per LR-check, momentum and weight-decay value", _repeats(grid=1)),
         ("short runs of 20 epochs", _short_epochs(20)),
         ("batch sizes within 4x of the reference",
          _sizes(lambda b, ref: ref <= 4 * b and b <= 4 * ref)),

@@ -239,6 +239,40 @@ class LRRangeConfig:
         return self
 
 
+@_section("lr_check")
+class LRCheckConfig:
+    """Short 1cycle runs at multiples of the range test's reading; the lowest final validation
+    loss picks the max LR every later stage uses. The reading is a floor, not the optimum:
+    measured on five model/data pairs (bench/README.md), 1cycle's best max LR was 1.4-2x the
+    validation minimum, and runs fell off a cliff from about 2.8x."""
+
+    # multiples of the range test's max LR; one value = no runs (the reading as it is). Below 1
+    # too: the reading wanders from seed to seed (MNIST-1D CNN: 0.063-0.17 over five), and a
+    # high one sits on the cliff
+    factors: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (0.71, 1.0, 1.41, 2.0)
+    # the factor kept unless another beats it by more than the noise between seeds (the
+    # calibration's typical best multiple); one of factors
+    prefer: PosFloat = 1.41
+    # the least a win must be, as a share of the preferred factor's loss (the noise with one seed)
+    margin: Unit = 0.05
+    epochs: PosInt = 30  # as the momentum stage's runs
+    repeats: PosInt = 3  # runs per factor from different seeds: their spread is the noise
+    # cycling down to momentum.min_momentum; weight decay held at momentum.weight_decay
+    max_momentum: Unit = 0.95
+
+    @model_validator(mode="after")
+    def _prefer_in_factors(self) -> Self:
+        if len(self.factors) > 1 and self.prefer not in self.factors:
+            raise ValueError(f"prefer must be one of factors={list(self.factors)}, but got "
+                             f"prefer={self.prefer!r}.")
+        return self
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        """The grid (a grid stage's ``values``): the factors."""
+        return self.factors
+
+
 @_section("momentum")
 class MomentumConfig:
     """Short 1cycle runs; momentum falls from each value to ``min_momentum`` and back."""
@@ -279,7 +313,7 @@ class BatchSizeConfig:
     budget_s: NonNeg = 0.0
     range_test_iters: PosInt = 1000  # a short LR range test per size gives each its own LR
     reports: PosInt = 10  # validation measurements per run, at equal fractions of the budget
-    # "linear": a size larger than train.batch_size gets at most stage 1's max LR x the size
+    # "linear": a size larger than train.batch_size gets at most the checked max LR x the size
     # ratio (the linear scaling rule), however high its own range test reaches; "none": its own.
     lr_cap: Literal["linear", "none"] = "linear"
     # Another size replaces train.batch_size (at which stages 1-3 were tuned) only when its final
@@ -340,6 +374,7 @@ class StudyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     lr_range: LRRangeConfig = field(default_factory=LRRangeConfig)
+    lr_check: LRCheckConfig = field(default_factory=LRCheckConfig)
     momentum: MomentumConfig = field(default_factory=MomentumConfig)
     weight_decay: WeightDecayConfig = field(default_factory=WeightDecayConfig)
     batch_size: BatchSizeConfig = field(default_factory=BatchSizeConfig)

@@ -64,12 +64,14 @@ class Workload:
 
     def steps_per_second(self, batch_size: int, *, seed: int, lr: float = 1e-3,
                          momentum: float = 0.9, weight_decay: float = 0.0,
-                         min_seconds: float = 0.5) -> float:
-        """Training steps per second at ``batch_size`` on a scratch model (after a warm-up)."""
+                         min_seconds: float = 0.5, cpu_time: bool = False) -> float:
+        """Training steps per second at ``batch_size`` on a scratch model (after a warm-up),
+        by the wall clock or (``cpu_time``) this process's CPU time."""
         scratch = self.new_model(seed)
         return measure_throughput(scratch, self.optimizer(scratch, lr, momentum, weight_decay),
                                   self.splits.train, batch_size, min_seconds=min_seconds,
-                                  generator=self.generator(seed), task=self.task)
+                                  generator=self.generator(seed), task=self.task,
+                                  cpu_time=cpu_time)
 
 
 def runtime_device(config: StudyConfig) -> torch.device:
@@ -161,10 +163,16 @@ class Context:
     def release_memory(self) -> None:
         release_memory(self.device)
 
-    def steps_per_second(self, hp: HParams) -> float:
+    def steps_per_second(self, hp: HParams, min_seconds: float = 0.5) -> float:
+        """Training steps per second with ``hp`` on a scratch model. Training on the CPU in one
+        thread, with no DataLoader worker processes (whose time it would miss), it is timed by
+        the process's CPU time, which another process on the machine does not take
+        (``tuner.stages.batch_size`` has the measurements)."""
+        cpu_time = (self.device.type == "cpu" and torch.get_num_threads() == 1
+                    and not getattr(self.splits.train, "workers", 0))
         return self.workload.steps_per_second(
             hp.batch_size, seed=self.config.train.seed, lr=hp.min_lr, momentum=hp.max_momentum,
-            weight_decay=hp.weight_decay)
+            weight_decay=hp.weight_decay, min_seconds=min_seconds, cpu_time=cpu_time)
 
     def one_cycle_run(self, trial: Trial, hp: HParams, *, total_steps: int, eval_every: int,
                       seed: int, train: Data | None = None, validate: bool = True,

@@ -2,10 +2,11 @@
 the LR range test carries its figure, and ``tuner dashboard`` serves the storage.
 
 ``annotate_stage`` is the pipeline's ``on_decided`` hook as each stage is decided (it never
-fails the run);
-``annotate_run`` fills in what a finished stage lacks (runs from before notes existed, or a
-note that could not be written), and uploads the range test as an SVG artifact, which the
-dashboard previews in the study's artifact list.
+fails the run): the LR check's decision redraws the range test's figure with the max LR it
+chose; ``annotate_run`` fills in what a finished stage lacks (runs from before notes existed, a
+note that could not be written, a range test figure drawn before the check decided), and
+uploads the range test as an SVG artifact, which the dashboard previews in the study's artifact
+list.
 
 The range test's note and the final training's say which optimizer ran them (and with which
 loss and metric), read from the run's stored configuration.
@@ -26,9 +27,16 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from tuner.config import ConfigError, StudyConfig, from_dict
-from tuner.report_data import OPTIMIZER_NAMES, get_range_test_info, training_of
-from tuner.stages import STAGES, Decision, Stage
+from tuner.report_data import (
+    CHECKED_NAME,
+    OPTIMIZER_NAMES,
+    RangeTestInfo,
+    get_range_test_info,
+    training_of,
+)
+from tuner.stages import STAGES, Decision, Stage, lr_check, lr_range
 from tuner.stages.final import FinalDecision
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.storage import (
     NoSuchRun,
@@ -40,6 +48,7 @@ from tuner.storage import (
     run_names,
     storage_folder,
     stored_config,
+    study_name,
 )
 from tuner.version import __version__
 
@@ -53,8 +62,9 @@ RANGE_ARTIFACT = "lr_range_test.svg"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 RANGE_FIGURE_NOTE = ("The figure on this page: training (blue) and validation (orange) loss "
-                     "against LR, the chosen range shaded, the suggestions dashed, a cross "
-                     "where the test stopped early; `tuner report` draws it with a legend.")
+                     "against LR, the range read off it shaded, the max LR the LR check chose "
+                     "(stage 1b) a red line once it has, the suggestions dashed, a cross where "
+                     "the test stopped early; `tuner report` draws it with a legend.")
 
 
 # --- notes and figures ----------------------------------------------------------------------
@@ -110,8 +120,30 @@ def has_note(study: optuna.Study) -> bool:
     return bool(get_note(study).strip())
 
 
+def _sibling(study: optuna.Study, stage: Stage) -> optuna.Study | None:
+    """The study of ``stage`` in the run ``study`` belongs to (None: not created yet)."""
+    name = study_name(study.study_name.rpartition("/")[0], stage.name)
+    try:
+        return optuna.load_study(study_name=name, storage=study._storage)  # noqa: SLF001
+    except KeyError:
+        return None
+
+
+def checked_lr(study: optuna.Study) -> LRDecision | None:
+    """The LR check's decision in the run ``study`` belongs to (None: not decided yet)."""
+    check = _sibling(study, lr_check.STAGE)
+    decision = read_decision(lr_check.STAGE, check) if check is not None else None
+    return decision if isinstance(decision, LRDecision) else None
+
+
+def range_info(study: optuna.Study) -> RangeTestInfo | None:
+    """The range test of a ``lr_range`` study, with the max LR the run's LR check chose."""
+    return get_range_test_info(study, checked=checked_lr(study))
+
+
 def attach_range_figure(study: optuna.Study) -> bool:
-    """Save the range test figure with the study (the dashboard draws it on the study's page).
+    """Save the range test figure with the study (the dashboard draws it on the study's page),
+    the checked max LR marked once the LR check has decided.
 
     Returns False when the study holds no range test yet.
     """
@@ -119,7 +151,7 @@ def attach_range_figure(study: optuna.Study) -> bool:
 
     from tuner.report import range_test_figure
 
-    info = get_range_test_info(study)
+    info = range_info(study)
     if info is None:
         return False
     fig = range_test_figure(info)
@@ -135,9 +167,19 @@ def _system_attrs(study: optuna.Study) -> dict[str, Any]:
     return study._storage.get_study_system_attrs(study._study_id)  # noqa: SLF001
 
 
-def has_range_figure(study: optuna.Study) -> bool:
+def _range_figure_json(study: optuna.Study) -> str:
+    """The stored range test figure, as optuna-dashboard stores it in chunks ("": none)."""
     prefix = f"dashboard:plot_data:{RANGE_FIGURE_ID}:"
-    return any(k.startswith(prefix) for k in _system_attrs(study))
+    chunks = {int(k[len(prefix):]): v for k, v in _system_attrs(study).items()
+              if k.startswith(prefix) and k[len(prefix):].isdigit()}
+    return "".join(chunks[i] for i in sorted(chunks))
+
+
+def has_range_figure(study: optuna.Study, checked: bool = False) -> bool:
+    """Whether the study holds the range test figure (``checked``: one that marks the LR
+    check's max LR)."""
+    stored = _range_figure_json(study)
+    return bool(stored) and (not checked or CHECKED_NAME in stored)
 
 
 def study_artifacts(study: optuna.Study) -> list[dict[str, Any]]:
@@ -153,7 +195,7 @@ def upload_range_artifact(study: optuna.Study, artifact_store: ArtifactStore) ->
 
     from tuner.report_svg import range_test_svg
 
-    info = get_range_test_info(study)
+    info = range_info(study)
     if info is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +207,7 @@ def upload_range_artifact(study: optuna.Study, artifact_store: ArtifactStore) ->
 
 def annotate_stage(stage: Stage, study: optuna.Study, decision: Decision) -> None:
     """What the pipeline calls as a stage is decided: write the stage's dashboard note and, for
-    the range test, its figure.
+    the range test, its figure (redrawn when the LR check decides, to mark its max LR).
 
     Never raises: a note that cannot be written is logged and left to ``tuner dashboard``.
     """
@@ -173,6 +215,10 @@ def annotate_stage(stage: Stage, study: optuna.Study, decision: Decision) -> Non
         write_stage_note(study, stage, decision)
         if isinstance(decision, RangeDecision):
             attach_range_figure(study)
+        elif isinstance(decision, LRDecision):
+            range_study = _sibling(study, lr_range.STAGE)
+            if range_study is not None:
+                attach_range_figure(range_study)
     except Exception as exc:  # noqa: BLE001 -- a note is never worth a failed run
         log.warning("could not write the dashboard note of %s (%s: %s); `tuner dashboard` "
                     "writes it later", study.study_name, type(exc).__name__, exc)
@@ -199,9 +245,11 @@ def annotate_run(run: Run, artifact_store: ArtifactStore | None = None) -> list[
 
 
 def _range_figures(study: optuna.Study, artifact_store: ArtifactStore | None) -> list[str]:
-    """The range test's figure and artifact, where the study lacks them."""
+    """The range test's figure and artifact, where the study lacks them (a figure drawn before
+    the LR check decided is redrawn with its max LR)."""
     written = []
-    if not has_range_figure(study) and attach_range_figure(study):
+    checked = checked_lr(study) is not None
+    if not has_range_figure(study, checked) and attach_range_figure(study):
         written.append("figure")
     if artifact_store is not None and not any(
             a.get("filename") == RANGE_ARTIFACT for a in study_artifacts(study)):

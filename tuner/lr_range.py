@@ -166,6 +166,24 @@ def decide_range(val_lrs: Sequence[float], val_losses: Sequence[float], min_lr_d
     return LRRange(max_lr / min_lr_div, max_lr, why)
 
 
+def valley_range(curve: RangeCurve, valley_lr: float, no_minimum: NoUsableMinimum,
+                 min_lr_div: float = 10.0) -> LRRange:
+    """When the validation loss gives no minimum (``no_minimum``) but the test ran on until the
+    training loss diverged, the range's top is fastai's valley on the training loss.
+
+    Measured on a GRU on MNIST-1D (bench/README.md): its validation loss was too noisy for a
+    minimum; 1cycle's best max LR was 2x the valley. A test that stopped for another reason
+    (``end_lr`` reached) is a test set up wrong for this model: ``no_minimum`` is raised, it says
+    which setting to change.
+    """
+    if curve.stop_step is None or not valley_lr > 0 or not math.isfinite(valley_lr):
+        raise no_minimum
+    why = (f"no validation minimum to read ({no_minimum}); the training loss diverged "
+           f"({curve.stop_reason}), so max LR = the valley of the training loss (fastai's "
+           f"reading) {valley_lr:.3g}, min LR = max / {min_lr_div:g}")
+    return LRRange(valley_lr / min_lr_div, valley_lr, why)
+
+
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
     """fastai's valley: the LR 2/3 down the longest strictly decreasing run of the loss."""
     n = len(losses)

@@ -52,6 +52,7 @@ PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#72b7b2", "#e
            "#ff9da6", "#bab0ac", "#439894")
 CHOSEN = "#d62728"
 RANGE_FILL = "rgba(84, 162, 75, 0.15)"
+READ_NAME = "range read off the test"  # the range test's reading, shaded
 MAX_CURVE_POINTS = 400  # per-step curves are thinned to this many points
 _AXIS = {"gridcolor": "#e6e6e6", "linecolor": "#999", "zeroline": False, "ticks": "outside",
          "showline": True}
@@ -115,16 +116,18 @@ def _vertical(fig: go.Figure, x: float, lo: float, hi: float, name: str, color: 
 
 
 def range_test_figure(info: RangeTestInfo, title: str | None = None) -> go.Figure:
-    """Training and validation loss against LR; the chosen range shaded, the suggestion rules
-    and the divergence point marked."""
+    """Training and validation loss against LR; the range read off it shaded, the max LR the
+    LR check chose from that reading, the suggestion rules and the divergence point marked."""
     fig = go.Figure()
     lo, hi = loss_window(info)
     if info.min_lr is not None and info.max_lr is not None:
         fig.add_trace(go.Scatter(
             x=_r([info.min_lr, info.max_lr, info.max_lr, info.min_lr, info.min_lr]),
             y=_r([lo, lo, hi, hi, lo]), fill="toself", fillcolor=RANGE_FILL, mode="lines",
-            line={"width": 0}, name=f"chosen range {info.min_lr:.3g} – {info.max_lr:.3g}",
+            line={"width": 0}, name=f"{READ_NAME} {info.min_lr:.3g} – {info.max_lr:.3g}",
             hovertemplate=f"min LR {info.min_lr:.3g}, max LR {info.max_lr:.3g}<extra></extra>"))
+    if info.checked is not None:  # what the later stages used
+        _vertical(fig, info.checked.max_lr, lo, hi, info.checked.label, CHOSEN, "solid")
     x, y = downsample(info.lrs, info.train_losses, MAX_CURVE_POINTS)
     fig.add_trace(go.Scatter(x=_r(x), y=_r(y, 4), mode="lines", name="training loss (per step)",
                              line={"color": "#c7c7c7", "width": 1},

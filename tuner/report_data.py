@@ -31,12 +31,14 @@ from tuner.stages import STAGES, Decision, Stage, final, lr_range, refine, stage
 from tuner.stages.base import HParams
 from tuner.stages.batch_size import BUDGET_ATTR, BatchSizeDecision
 from tuner.stages.final import FinalDecision
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.refine import REPEAT_ATTR, RefineDecision
 from tuner.storage import CONFIG_ATTR, Run, read_decision
 from tuner.trials import trial_params
 
 NOT_DECIDED = "not decided yet"
+CHECKED_NAME = "checked max LR"  # the LR check's choice, on the range test's figures
 SEED = "seed"  # the final training's trial parameter: one trial per seed
 
 
@@ -155,6 +157,24 @@ class LRChoice(NamedTuple):
     why: str
 
 
+class CheckedLR(NamedTuple):
+    """The max LR the LR check (stage 1b) chose: ``factor`` x the range test's reading; the LR
+    range every later stage used."""
+
+    min_lr: float
+    max_lr: float
+    factor: float
+
+    @classmethod
+    def of(cls, decision: LRDecision) -> CheckedLR:
+        return cls(decision.min_lr, decision.max_lr, decision.factor)
+
+    @property
+    def label(self) -> str:
+        """How the range test's figures name it: "checked max LR 0.141 (x1.41)"."""
+        return f"{CHECKED_NAME} {self.max_lr:.3g} (x{self.factor:.3g})"
+
+
 @dataclass(frozen=True)
 class RangeTestInfo:
     """The (mean) range test curve, the decision read off it and the rules beside it."""
@@ -177,6 +197,7 @@ class RangeTestInfo:
     why: str
     training: Training = Training()
     momentum: float | None = None  # the test's constant momentum (Adam: beta1)
+    checked: CheckedLR | None = None  # the LR check's choice (None: not decided, or no check)
 
     @property
     def metric_name(self) -> str | None:
@@ -193,9 +214,11 @@ def range_test_title(info: RangeTestInfo) -> str:
     return f"LR range test (batch size {info.batch_size}; {info.optimizer_text})"
 
 
-def get_range_test_info(study: optuna.Study, config: StudyConfig | None = None
-                        ) -> RangeTestInfo | None:
-    """The LR range test of a ``lr_range`` study; None before the test has finished."""
+def get_range_test_info(study: optuna.Study, config: StudyConfig | None = None,
+                        checked: LRDecision | None = None) -> RangeTestInfo | None:
+    """The LR range test of a ``lr_range`` study, and the max LR the LR check chose from its
+    reading (``checked``: the run's ``lr_check`` decision, where it has one); None before the
+    test has finished."""
     trials = [t for t in study.get_trials(deepcopy=False) if "curve" in t.user_attrs]
     if not trials:
         return None
@@ -209,7 +232,8 @@ def get_range_test_info(study: optuna.Study, config: StudyConfig | None = None
         lr = LRChoice(None, None, attrs.get("no_range", "no LR range was decided (see the "
                                                          "run's log)."))
         batch_size = cfg.train.batch_size
-    return range_info_from_attrs(attrs, cfg, batch_size, lr)
+    info = range_info_from_attrs(attrs, cfg, batch_size, lr)
+    return info if checked is None else dataclasses.replace(info, checked=CheckedLR.of(checked))
 
 
 def _smoothed(raw: list[float | None], beta: float) -> list[float | None]:
@@ -267,14 +291,14 @@ def loss_window(info: RangeTestInfo) -> tuple[float, float]:
     return max(0.0, lo - pad), hi + pad
 
 
-# --- grid stages: momentum, weight decay, batch size; the final training's seeds -------------
+# --- grid stages: LR check, momentum, weight decay, batch size; the final training's seeds --
 
 @dataclass(frozen=True)
 class TrialCurve:
     """One grid trial's history: one entry per report (an epoch, or a share of the budget)."""
 
     number: int
-    value: Any  # the grid value (max momentum, weight decay, batch size or seed)
+    value: Any  # the grid value (max LR, max momentum, weight decay, batch size or seed)
     state: str  # complete | pruned | diverged | fail | running
     chosen: bool
     reports: list[int]  # 1, 2, ...: epochs for the per-epoch stages
@@ -329,7 +353,8 @@ def _curves(trials: Sequence[FrozenTrial], param: str, chosen: Any) -> list[Tria
 
 @dataclass(frozen=True)
 class GridStageInfo:
-    """A stage that trains one short run per grid value (momentum, weight decay, batch size)."""
+    """A stage that trains one short run per grid value (LR check, momentum, weight decay,
+    batch size)."""
 
     stage: str
     title: str
@@ -529,12 +554,13 @@ def get_final_info(study: optuna.Study, config: StudyConfig | None = None) -> Fi
 StageInfo = RangeTestInfo | GridStageInfo | RefineInfo | FinalInfo
 
 
-def get_stage_info(st: Stage, study: optuna.Study, config: StudyConfig | None = None
-                   ) -> StageInfo | None:
-    """What the report shows of stage ``st`` (by its decision's type, or its grid parameter);
-    None when it has nothing to show yet."""
+def get_stage_info(st: Stage, study: optuna.Study, config: StudyConfig | None = None,
+                   checked: LRDecision | None = None) -> StageInfo | None:
+    """What the report shows of stage ``st`` (by its decision's type, or its grid parameter:
+    the LR check is a grid of max LRs); None when it has nothing to show yet. ``checked``:
+    the LR check's decision, marked on the range test."""
     if st.decision is RangeDecision:
-        return get_range_test_info(study, config)
+        return get_range_test_info(study, config, checked)
     if st.decision is RefineDecision:
         return get_refine_info(study, config)
     if st.decision is FinalDecision:
@@ -618,9 +644,11 @@ def load_run(source: Run | str, run: str | None = None) -> RunInfo:
     config = handle.config()
     env = next((s.user_attrs[ENVIRONMENT_ATTR] for s in studies.values()
                 if ENVIRONMENT_ATTR in s.user_attrs), {})
+    checked = next((d for d in decisions.values() if isinstance(d, LRDecision)), None)
     details = {}
     for st in STAGES:
-        shown = get_stage_info(st, studies[st.name], config) if st.name in studies else None
+        shown = (get_stage_info(st, studies[st.name], config, checked) if st.name in studies
+                 else None)
         if shown is not None:
             details[st.name] = shown
     return RunInfo(

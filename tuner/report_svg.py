@@ -2,8 +2,9 @@
 
 optuna-dashboard previews image artifacts; plotly cannot write SVG without a browser (kaleido),
 so this draws the same picture as ``tuner.report.range_test_figure`` by hand: smoothed training
-loss and validation loss against LR, the chosen range shaded, the suggestion rules and the
-divergence point marked. The title says which optimizer ran the test.
+loss and validation loss against LR, the range read off it shaded, the max LR the LR check chose
+(a red line), the suggestion rules and the divergence point marked. The title says which
+optimizer ran the test.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from tuner.report_data import RangeTestInfo, downsample, loss_window, range_test_title
+from tuner.report_data import (
+    CHECKED_NAME,
+    RangeTestInfo,
+    downsample,
+    loss_window,
+    range_test_title,
+)
 from tuner.stages.lr_range import SUGGESTION_NAMES
 
 WIDTH, HEIGHT = 760, 440
@@ -104,7 +111,8 @@ Legend = list[tuple[str, str, str]]  # (kind, color, text)
 
 
 def _plot(f: _Frame, info: RangeTestInfo) -> tuple[list[str], Legend]:
-    """The range, the curves, the suggestion rules and the stop, clipped to the plot area."""
+    """The range, the checked max LR, the curves, the suggestion rules and the stop, clipped to
+    the plot area."""
     legend: Legend = []
     body = ['<g clip-path="url(#plot)">']
     if info.min_lr is not None and info.max_lr is not None:
@@ -112,6 +120,11 @@ def _plot(f: _Frame, info: RangeTestInfo) -> tuple[list[str], Legend]:
         body.append(f'<rect x="{a:.1f}" y="{TOP}" width="{b - a:.1f}" height="{f.h}" '
                     f'fill="rgb(84,162,75)" fill-opacity="0.18"/>')
         legend.append(("box", "rgb(84,162,75)", f"range {info.min_lr:.3g} – {info.max_lr:.3g}"))
+    if info.checked is not None:  # what the later stages used (the factor too long to list)
+        c, x = info.checked, f.sx(info.checked.max_lr)
+        body.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + f.h}" '
+                    f'stroke="{CHOSEN}" stroke-width="2"><title>{escape(c.label)}</title></line>')
+        legend.append(("line", CHOSEN, f"{CHECKED_NAME} {c.max_lr:.3g}"))
     x, y = downsample(info.lrs, info.train_smoothed, 300)
     body.append(_polyline(x, y, f.sx, f.sy, TRAIN, 2))
     legend.append(("line", TRAIN, "training loss (smoothed)"))

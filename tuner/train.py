@@ -145,15 +145,23 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data, *,
 def measure_throughput(model: nn.Module, optimizer: torch.optim.Optimizer, data: Data,
                        batch_size: int, min_seconds: float = 0.5, warmup_steps: int = 5,
                        generator: torch.Generator | None = None,
-                       task: Task = CLASSIFICATION) -> float:
+                       task: Task = CLASSIFICATION, cpu_time: bool = False) -> float:
     """Training steps per second of ``fit`` at ``batch_size``, after a warm-up (the caller's
-    model and optimizer are changed: pass scratch copies)."""
+    model and optimizer are changed: pass scratch copies).
+
+    ``cpu_time``: timed by this process's CPU time (``time.process_time``, all its threads)
+    instead of the wall clock, so that a process sharing the CPU takes no time from the
+    measurement. Only for training on the CPU (a GPU's work is not this process's CPU time);
+    with one thread it is the wall time of an idle machine."""
     lr = optimizer.param_groups[0]["lr"]
+    clock = time.process_time if cpu_time else time.perf_counter
 
     def timed(steps: int) -> float:
-        return fit(model, optimizer, data, total_steps=steps, batch_size=batch_size,
-                   schedule=lambda _s: LRMomentum(lr, None), eval_every=steps,
-                   on_eval=lambda *_: None, generator=generator, task=task).train_seconds
+        start = clock()
+        fit(model, optimizer, data, total_steps=steps, batch_size=batch_size,
+            schedule=lambda _s: LRMomentum(lr, None), eval_every=steps,
+            on_eval=lambda *_: None, generator=generator, task=task)
+        return clock() - start
 
     timed(warmup_steps)  # first steps pay for allocation and (on CUDA) kernel selection
     steps, seconds = 8, 0.0

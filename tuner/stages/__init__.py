@@ -3,10 +3,18 @@ before the end). Everything that needs to know which stages exist reads ``STAGES
 
 from __future__ import annotations
 
-from tuner.stages import batch_size, final, lr_range, momentum, refine, weight_decay
+from tuner.stages import (
+    batch_size,
+    final,
+    lr_check,
+    lr_range,
+    momentum,
+    refine,
+    weight_decay,
+)
 from tuner.stages.base import Decision, Stage
 
-STAGES: tuple[Stage, ...] = (lr_range.STAGE, momentum.STAGE, weight_decay.STAGE,
+STAGES: tuple[Stage, ...] = (lr_range.STAGE, lr_check.STAGE, momentum.STAGE, weight_decay.STAGE,
                              batch_size.STAGE, refine.STAGE, final.STAGE)
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

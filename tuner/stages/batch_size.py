@@ -1,19 +1,32 @@
 """Stage 4: batch size, compared under an equal wall-clock budget (not equal epochs).
 
 Each candidate gets its own LR range from a short range test (larger batches tolerate larger
-LRs: the paper's Fig. 6; the reference size keeps stage 1's range), its throughput is measured,
-and its 1cycle schedule is sized so the whole cycle fits in the budget: ``budget_s`` seconds of
-training, or by default the measured time a final training would take at the reference size
-(measured once and stored in the study, so every worker compares sizes at the same time).
+LRs: the paper's Fig. 6), its reading times the multiple the LR check (stage 1b) chose at the
+reference size, which keeps its checked range; its throughput is measured, and its 1cycle
+schedule is sized so the whole cycle fits in the budget: ``budget_s`` seconds of
+training, or by default the measured time a final training would take at the reference size.
 Validation loss is reported at equal fractions of the budget, so the pruner and the decision
 compare sizes at equal time. The decision also says how many epochs the final training of the
 chosen size takes to last as long as ``final.epochs`` at the reference size (``final_epochs``):
 a size that won with twice the epochs in the same time is trained as it was judged.
 
+Throughputs are measured once, before any run, for every size and the reference: 3 times 0.2 s
+each, round-robin over the sizes, the median kept, and stored in the study (``samples_per_s``)
+so that every worker and a resumed run plan from the same numbers. By default a size gets the
+samples of the reference's final training times its rate over the reference's: a machine
+slowed down alike for every size changes no step count. (Measured per trial, a process started
+beside one size's measurement gave it 1.9 steps/s instead of about 600, and changed the
+choice.) Training on the CPU in one thread, the time is the process's CPU time: on a 2-vCPU VM
+busy with other training, a process spinning beside the measurement moved the rates of batch
+32 and 128 over 64's by 15% (median of 27 idle/hogged pairs, 41% at worst) against 23% (76%)
+by the wall clock. With more threads it is the wall clock: CPU time counts every thread, their
+waiting for one another too (with two threads on that VM both clocks' ratios moved severalfold
+beside a hog: set ``train.threads = 1`` on a shared machine).
+
 A larger batch's own range test can reach past what its full-length training survives (measured
 on MNIST-1D: batch 64's test gave max LR 0.228 where batch 32's gave 0.0755; 80 epochs at 0.228
 diverged part-way in one of 5 seeds, 93.3% mean test accuracy, and at 0.151 scored 96.3%). So by
-default (``lr_cap = "linear"``) a size larger than the reference gets at most stage 1's max LR
+default (``lr_cap = "linear"``) a size larger than the reference gets at most the checked max LR
 times the size ratio, the linear scaling rule (Goyal et al. 2017) used as a ceiling.
 
 Stages 1-3 tuned momentum and weight decay at the reference size, and one run per size is a
@@ -30,6 +43,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,7 +55,8 @@ from tuner.locks import storage_lock
 from tuner.lr_range import LRRange, NoUsableMinimum, decide_range
 from tuner.stages.base import Decision, HParams, Sizes, Speed, Stage, epoch_steps
 from tuner.stages.grid import GridChoice, decide_grid, metric_text, scored
-from tuner.stages.lr_range import RangeDecision, range_test_seconds
+from tuner.stages.lr_check import LRDecision
+from tuner.stages.lr_range import range_test_seconds
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.text import first_line
@@ -53,8 +68,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUDGET_ATTR = "budget_s"
-THROUGHPUT_ATTR = "reference_samples_per_s"
-THROUGHPUT_SECONDS = 0.3  # what tuner.budget allows for each throughput measurement
+THROUGHPUT_ATTR = "samples_per_s"  # {str(batch size): samples per second}, measured once
+INFEASIBLE_ATTR = "infeasible_sizes"  # {str(batch size): why}: out of memory when measured
+# Each size's throughput is measured THROUGHPUT_ROUNDS times, round-robin over the sizes, for
+# THROUGHPUT_SECONDS each (tuner.budget's one measurement per size lasts as long); the median.
+THROUGHPUT_SECONDS = 0.2
+THROUGHPUT_ROUNDS = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,31 +93,98 @@ def planned_steps(budget_s: float, steps_per_s: float) -> int:
     return max(1, math.floor(budget_s * steps_per_s))
 
 
+def equal_time_steps(reference_samples: int, speed_ratio: float, batch_size: int) -> int:
+    """Optimizer steps of ``batch_size`` that take as long as ``reference_samples`` at the
+    reference size, ``speed_ratio`` being its samples per second over the reference's."""
+    return max(1, math.floor(reference_samples * speed_ratio / batch_size))
+
+
+def size_steps(cfg: StudyConfig, n_train: int, batch_size: int, rates: dict[int, float]
+               ) -> int:
+    """The steps of ``batch_size``'s run, from the samples per second of each size (``rates``).
+
+    By default the samples a final training processes at the reference size (``final.epochs``
+    epochs), times the size's rate over the reference's: only the ratio counts, so a machine
+    slowed down alike for every size gives the same steps. With ``batch_size.budget_s``, that
+    many seconds at the size's rate."""
+    if cfg.batch_size.budget_s > 0:
+        return planned_steps(cfg.batch_size.budget_s, rates[batch_size] / batch_size)
+    ref = cfg.train.batch_size
+    samples = cfg.final.epochs * epoch_steps(n_train, ref) * ref
+    return equal_time_steps(samples, rates[batch_size] / rates[ref], batch_size)
+
+
 def final_training_seconds(cfg: StudyConfig, n_train: int, samples_per_s: float) -> float:
     """Training seconds of ``final.epochs`` epochs at ``train.batch_size``."""
     bs = cfg.train.batch_size
     return cfg.final.epochs * epoch_steps(n_train, bs) * bs / samples_per_s
 
 
-def resolve_budget(ctx: Context, study: optuna.Study) -> tuple[float, float]:
-    """The budget per size (configured, or the measured time of a final training) and the
-    reference size's throughput, measured on first use and stored, so that every worker (and a
-    resumed run) compares sizes at the same time."""
+@dataclass(frozen=True)
+class Budget:
+    seconds: float  # training seconds per size: configured, or a final training's at the rate
+    rates: dict[int, float]  # samples per second by batch size (the reference's included)
+    infeasible: dict[int, str]  # the sizes out of memory when measured: why
+
+
+def measure_rates(ctx: Context, sizes: Sequence[int]) -> tuple[dict[int, float], dict[int, str]]:
+    """Samples per second of each size: ``THROUGHPUT_ROUNDS`` measurements of
+    ``THROUGHPUT_SECONDS``, round-robin over the sizes (a passing load falls on every size
+    alike), the median of each. A size other than the reference that runs out of memory is
+    left out with why (the second dict)."""
+    samples: dict[int, list[float]] = {bs: [] for bs in sizes}
+    infeasible: dict[int, str] = {}
+    for _ in range(THROUGHPUT_ROUNDS):
+        for bs in sizes:
+            if bs in infeasible:
+                continue
+            try:
+                steps_per_s = ctx.steps_per_second(reference_hparams(ctx, bs),
+                                                   min_seconds=THROUGHPUT_SECONDS)
+            except Exception as exc:
+                if bs == ctx.config.train.batch_size or not ctx.is_out_of_memory(exc):
+                    raise
+                error = first_line(exc)
+            else:
+                samples[bs].append(bs * steps_per_s)
+                continue
+            # Outside the except block the failed step's tensors are garbage: free them now.
+            gc.collect()
+            ctx.release_memory()
+            infeasible[bs] = f"batch size {bs} does not fit in memory on {ctx.device} ({error})"
+            log.warning("%s: infeasible, skipped", infeasible[bs])
+    rates = {bs: statistics.median(v) for bs, v in samples.items() if bs not in infeasible}
+    return rates, infeasible
+
+
+def resolve_budget(ctx: Context, study: optuna.Study, sizes: Sequence[int]) -> Budget:
+    """Every size's throughput (the reference's too), measured before any run and stored, so
+    that every worker (and a resumed run) plans each size's steps from the same numbers; and
+    the budget per size (configured, or the reference's final training at its rate)."""
     cfg = ctx.config
+    ref = cfg.train.batch_size
     with storage_lock(ctx.storage, f"{study.study_name}/budget"):
-        throughput = study.user_attrs.get(THROUGHPUT_ATTR)
-        if throughput is None:
-            throughput = cfg.train.batch_size * ctx.steps_per_second(reference_hparams(ctx))
-            study.set_user_attr(THROUGHPUT_ATTR, throughput)
+        rates = {int(b): float(r) for b, r in study.user_attrs.get(THROUGHPUT_ATTR, {}).items()}
+        infeasible = {int(b): str(why)
+                      for b, why in study.user_attrs.get(INFEASIBLE_ATTR, {}).items()}
+        missing = [b for b in sorted({*sizes, ref}) if b not in rates and b not in infeasible]
+        if missing:
+            measured, failed = measure_rates(ctx, missing)
+            rates.update(measured)
+            infeasible.update(failed)
+            study.set_user_attr(THROUGHPUT_ATTR, {str(b): r for b, r in sorted(rates.items())})
+            study.set_user_attr(INFEASIBLE_ATTR, {str(b): w for b, w in infeasible.items()})
+            log.info("throughput (samples/s): %s", ", ".join(
+                f"batch size {b}: {r:.4g}" for b, r in sorted(rates.items())))
         if cfg.batch_size.budget_s > 0:
-            return cfg.batch_size.budget_s, float(throughput)
+            return Budget(cfg.batch_size.budget_s, rates, infeasible)
         budget = study.user_attrs.get(BUDGET_ATTR)
         if budget is None:
-            budget = final_training_seconds(cfg, len(ctx.splits.train), throughput)
+            budget = final_training_seconds(cfg, len(ctx.splits.train), rates[ref])
             study.set_user_attr(BUDGET_ATTR, budget)
             log.info("budget per batch size: %.2f s, the measured training time of %d epochs at "
-                     "batch size %d", budget, cfg.final.epochs, cfg.train.batch_size)
-    return float(budget), float(throughput)
+                     "batch size %d", budget, cfg.final.epochs, ref)
+    return Budget(float(budget), rates, infeasible)
 
 
 def equal_time_epochs(epochs: int, samples_per_s: float, reference_samples_per_s: float) -> int:
@@ -121,7 +207,7 @@ def cap_range(found: LRRange, batch_size: int, reference_batch: int, reference_m
     if found.max_lr <= cap:
         return found
     return LRRange(cap / min_lr_div, cap,
-                   f"{found.why}; max LR {found.max_lr:.3g} capped at {cap:.3g}, stage 1's "
+                   f"{found.why}; max LR {found.max_lr:.3g} capped at {cap:.3g}, the checked "
                    f"{reference_max_lr:.3g} x {batch_size}/{reference_batch} (linear scaling)")
 
 
@@ -145,16 +231,16 @@ def candidates(cfg: StudyConfig, n_train: int) -> list[int]:
     return [b for b in cfg.batch_size.values if b <= n_train]
 
 
-def reuses_stage1(cfg: StudyConfig, batch_size: int) -> bool:
-    """Whether ``batch_size``'s range test would be stage 1's (same size and length)."""
-    return (batch_size == cfg.train.batch_size
-            and cfg.batch_size.range_test_iters == cfg.lr_range.num_iters)
+def keeps_checked_range(cfg: StudyConfig, batch_size: int) -> bool:
+    """Whether ``batch_size`` keeps the checked LR range without a test of its own: the
+    reference size, at which stages 1-3 ran (a shorter test would read it differently)."""
+    return batch_size == cfg.train.batch_size
 
 
 def reference_hparams(ctx: Context, batch_size: int | None = None,
                       found: LRRange | None = None) -> HParams:
-    """Stage 1's range (or ``found``), stages 2-3's momentum and weight decay."""
-    lr = found or ctx.decision(RangeDecision)
+    """The checked range (or ``found``), the momentum and weight decay stages chose."""
+    lr = found or ctx.decision(LRDecision)
     mom = ctx.decision(MomentumDecision)
     return HParams(lr.min_lr, lr.max_lr, mom.max_momentum, mom.min_momentum,
                    ctx.decision(WeightDecayDecision).weight_decay,
@@ -162,8 +248,9 @@ def reference_hparams(ctx: Context, batch_size: int | None = None,
 
 
 def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
-    """Seconds of this stage: per size a range test (unless stage 1's is reused), two
-    throughput measurements, the equal-time run and its evaluations."""
+    """Seconds of this stage: the throughput measurements (``THROUGHPUT_ROUNDS`` of
+    ``THROUGHPUT_SECONDS`` per size, the reference's included), and per size a range test
+    (unless stage 1's is reused), the equal-time run and its evaluations."""
     b = cfg.batch_size
     sizes_run = candidates(cfg, sizes.n_train)
     if sizes_run == [cfg.train.batch_size]:
@@ -173,19 +260,33 @@ def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
     else:
         bs = cfg.train.batch_size
         budget = cfg.final.epochs * epoch_steps(sizes.n_train, bs) * speed.step_s[bs]
-    per_size = budget + b.reports * sizes.n_val * speed.eval_sample_s + 2 * THROUGHPUT_SECONDS
-    return sum(per_size + (0.0 if reuses_stage1(cfg, bs) else
-                           range_test_seconds(cfg, speed, bs, b.range_test_iters))
-               for bs in sizes_run)
+    measuring = (len({*sizes_run, cfg.train.batch_size}) * THROUGHPUT_ROUNDS
+                 * THROUGHPUT_SECONDS)
+    per_size = budget + b.reports * sizes.n_val * speed.eval_sample_s
+    return measuring + sum(per_size + (0.0 if keeps_checked_range(cfg, bs) else
+                                       range_test_seconds(cfg, speed, bs, b.range_test_iters))
+                           for bs in sizes_run)
+
+
+def scale_range(found: LRRange, factor: float, min_lr_div: float) -> LRRange:
+    """``found``'s max LR times ``factor``, the multiple of its reading that the LR check chose
+    at the reference size (min LR = max / ``min_lr_div``)."""
+    if factor == 1:
+        return found
+    max_lr = found.max_lr * factor
+    return LRRange(max_lr / min_lr_div, max_lr,
+                   f"{found.why}; x{factor:.3g}, the multiple of the reading the LR check chose "
+                   f"at the reference size")
 
 
 def size_range(ctx: Context, trial: Trial, bs: int) -> LRRange:
-    """The LR range of batch size ``bs``: stage 1's where its test would be the same, else its
-    own short range test (capped by linear scaling above the reference)."""
+    """The LR range of batch size ``bs``: at the reference size the checked range (stage 1b);
+    another size reads its own short range test, times the factor the check chose (capped by
+    linear scaling above the reference)."""
     cfg = ctx.config
-    stage1 = ctx.decision(RangeDecision)
-    if bs == stage1.batch_size and reuses_stage1(cfg, bs):
-        return LRRange(stage1.min_lr, stage1.max_lr, "stage 1's range")
+    checked = ctx.decision(LRDecision)
+    if keeps_checked_range(cfg, bs):
+        return LRRange(checked.min_lr, checked.max_lr, "the checked range (stage 1b)")
     curve = ctx.range_tests(trial, bs, num_iters=cfg.batch_size.range_test_iters,
                             prefix="range_")
     try:
@@ -193,26 +294,31 @@ def size_range(ctx: Context, trial: Trial, bs: int) -> LRRange:
     except NoUsableMinimum as exc:
         trial.set_user_attr("no_range", str(exc))
         raise optuna.TrialPruned(f"batch size {bs}: no LR range: {exc}") from None
+    trial.set_user_attr("range_test_max_lr", found.max_lr)
+    found = scale_range(found, checked.factor, cfg.lr_range.min_lr_div)
     if cfg.batch_size.lr_cap == "linear":
-        trial.set_user_attr("range_test_max_lr", found.max_lr)
-        found = cap_range(found, bs, cfg.train.batch_size, stage1.max_lr,
+        found = cap_range(found, bs, cfg.train.batch_size, checked.max_lr,
                           cfg.lr_range.min_lr_div)
     return found
 
 
-def measure(ctx: Context, trial: Trial, sizes: list[int], budget_s: float) -> float:
-    """One candidate: its range, its throughput, a 1cycle run sized to ``budget_s``."""
+def measure(ctx: Context, trial: Trial, sizes: list[int], budget: Budget) -> float:
+    """One candidate: its range, a 1cycle run of the steps its measured throughput gives."""
     bcfg = ctx.config.batch_size
     bs = trial.suggest_categorical("batch_size", sizes)
+    if bs in budget.infeasible:  # out of memory when its throughput was measured
+        trial.set_user_attr("infeasible", budget.infeasible[bs])
+        log.warning("%s: infeasible, skipped", budget.infeasible[bs])
+        raise optuna.TrialPruned(budget.infeasible[bs])
     found = size_range(ctx, trial, bs)
     trial.set_user_attr("min_lr", found.min_lr)
     trial.set_user_attr("max_lr", found.max_lr)
     trial.set_user_attr("lr_why", found.why)
     hp = reference_hparams(ctx, bs, found)
-    steps_per_s = ctx.steps_per_second(hp)
-    steps = planned_steps(budget_s, steps_per_s)
     n_train = len(ctx.splits.train)
-    trial.set_user_attr("steps_per_second", steps_per_s)
+    steps = size_steps(ctx.config, n_train, bs, budget.rates)
+    trial.set_user_attr("samples_per_second", budget.rates[bs])
+    trial.set_user_attr("steps_per_second", budget.rates[bs] / bs)
     trial.set_user_attr("planned_steps", steps)
     trial.set_user_attr("epochs", steps * bs / n_train)
     last = ctx.one_cycle_run(trial, hp, total_steps=steps,
@@ -231,18 +337,19 @@ def run(ctx: Context, study: optuna.Study) -> BatchSizeDecision:
     if len(sizes) < len(cfg.batch_size.values):
         log.warning("batch sizes %s exceed the %d training samples and are skipped",
                     [b for b in cfg.batch_size.values if b not in sizes], len(ctx.splits.train))
-    stage1 = ctx.decision(RangeDecision)
+    checked = ctx.decision(LRDecision)
     if sizes == [cfg.train.batch_size]:  # nothing to compare: no runs
         return BatchSizeDecision(
-            batch_size=sizes[0], min_lr=stage1.min_lr, max_lr=stage1.max_lr,
+            batch_size=sizes[0], min_lr=checked.min_lr, max_lr=checked.max_lr,
             final_epochs=cfg.final.epochs,
             why=f"the only candidate is the reference size {sizes[0]} (batch_size.values = "
-                f"{list(cfg.batch_size.values)}): stage 1's LR range, no runs")
-    budget_s, reference_rate = resolve_budget(ctx, study)
+                f"{list(cfg.batch_size.values)}): the checked LR range, no runs")
+    budget = resolve_budget(ctx, study, sizes)
+    budget_s, rates = budget.seconds, budget.rates
 
     def objective(trial: Trial) -> float:
         try:
-            return measure(ctx, trial, sizes, budget_s)
+            return measure(ctx, trial, sizes, budget)
         except Exception as exc:
             if not ctx.is_out_of_memory(exc):
                 raise
@@ -261,9 +368,9 @@ def run(ctx: Context, study: optuna.Study) -> BatchSizeDecision:
                             cfg.train.batch_size, cfg.batch_size.margin)
     best = next(t for t in trials if t.params["batch_size"] == choice.value
                 and "max_lr" in t.user_attrs)
-    rate = best.user_attrs["steps_per_second"] * choice.value
     final_epochs = (cfg.final.epochs if choice.value == cfg.train.batch_size
-                    else equal_time_epochs(cfg.final.epochs, rate, reference_rate))
+                    else equal_time_epochs(cfg.final.epochs, rates[choice.value],
+                                           rates[cfg.train.batch_size]))
     return BatchSizeDecision(
         batch_size=choice.value, min_lr=best.user_attrs["min_lr"],
         max_lr=best.user_attrs["max_lr"], budget_s=budget_s, final_epochs=final_epochs,

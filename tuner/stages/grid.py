@@ -55,6 +55,11 @@ def scored(t: FrozenTrial) -> bool:
     return t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
 
 
+def value_text(value: float) -> str:
+    """A grid value for a reader: an integer as it is, a float to 3 significant digits."""
+    return str(value) if isinstance(value, int) else f"{value:.3g}"
+
+
 def decide_grid(trials: Sequence[FrozenTrial], param: str, label: str | None = None
                 ) -> GridChoice:
     """The value of ``param`` whose COMPLETE trial has the lowest final validation loss."""
@@ -65,9 +70,9 @@ def decide_grid(trials: Sequence[FrozenTrial], param: str, label: str | None = N
         raise RuntimeError(f"every {label} trial was pruned or diverged ({seen}); the LR range "
                            f"is probably too high: lower lr_range.end_lr.")
     best = min(complete, key=lambda t: t.value)
-    others = ", ".join(f"{trial_params(t)[param]:g}: {describe_trial(t)}"
+    others = ", ".join(f"{value_text(trial_params(t)[param])}: {describe_trial(t)}"
                        for t in sorted(trials, key=lambda t: trial_params(t)[param], reverse=True))
-    why = (f"{label} {best.params[param]:g} gave the lowest final validation loss "
+    why = (f"{label} {value_text(best.params[param])} gave the lowest final validation loss "
            f"{best.value:.4g} (all: {others})")
     return GridChoice(best.params[param], why)
 
@@ -89,22 +94,29 @@ def grid_seconds(cfg: StudyConfig, section: GridSettings, speed: Speed, sizes: S
 def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[D],
                settings: Callable[[StudyConfig], GridSettings],
                hparams: Callable[[Context, float], HParams],
-               decide: Callable[[StudyConfig, float, str], D],
-               wording: Callable[[StudyConfig], str] | None = None) -> Stage[D]:
+               decide: Callable[[Context, float, str], D],
+               wording: Callable[[StudyConfig], str] | None = None,
+               values: Callable[[Context], Sequence[float]] | None = None,
+               choose: Callable[[Context, Sequence[FrozenTrial], str], GridChoice] | None = None
+               ) -> Stage[D]:
     """A ``Stage`` that runs ``settings(cfg).values`` as a grid of ``param``.
 
-    ``hparams(ctx, value)`` gives a trial's run; ``decide(cfg, value, why)`` the decision;
-    ``wording(cfg)`` names the value in the log and the decision (default ``label``).
+    ``hparams(ctx, value)`` gives a trial's run; ``decide(ctx, value, why)`` the decision;
+    ``wording(cfg)`` names the value in the log and the decision (default ``label``);
+    ``values(ctx)`` the grid when it depends on earlier decisions (default
+    ``settings(cfg).values``, which also sizes the cost estimate); ``choose(ctx, trials,
+    wording)`` picks the value (default ``decide_grid``: the lowest mean final loss).
     """
 
     def run(ctx: Context, study: optuna.Study) -> D:
         cfg = ctx.config
         section = settings(cfg)
+        grid = list(values(ctx)) if values is not None else list(section.values)
         words = wording(cfg) if wording is not None else label
         ctx.epoch_steps(cfg.train.batch_size)  # a clear error before any trial is stored
 
         def objective(trial: Trial) -> float:
-            value = trial.suggest_categorical(param, list(section.values))
+            value = trial.suggest_categorical(param, grid)
             loss = ctx.repeated_run(trial, hparams(ctx, value), repeats=section.repeats,
                                     epochs=section.epochs)
             log.info("%s %g: val loss %.4f (mean of %d)%s", words, value, loss,
@@ -112,9 +124,10 @@ def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[
                                                   trial.user_attrs["val_metrics"]))
             return loss
 
-        trials = run_grid(study, [{param: v} for v in section.values], objective)
-        choice = decide_grid(trials, param, words)
-        return decide(cfg, choice.value, choice.why)
+        trials = run_grid(study, [{param: v} for v in grid], objective)
+        choice = (choose(ctx, trials, words) if choose is not None
+                  else decide_grid(trials, param, words))
+        return decide(ctx, choice.value, choice.why)
 
     return Stage(name=name, title=title, decision=decision, run=run,
                  reports=lambda ctx: settings(ctx.config).epochs,

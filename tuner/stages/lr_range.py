@@ -1,4 +1,5 @@
-"""Stage 1: the LR range test; decides the LR range (max at the val minimum, min = max/10)."""
+"""Stage 1: the LR range test; reads the LR range (max at the validation minimum, min = max/10;
+without one, at the training loss's valley if the test diverged). Stage 1b checks the reading."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import Trial
 
-from tuner.lr_range import RangeCurve, decide_range
+from tuner.lr_range import NoUsableMinimum, RangeCurve, decide_range, valley_range
 from tuner.stages.base import Decision, Speed, Stage
 from tuner.trials import run_grid
 
@@ -63,7 +64,12 @@ def run(ctx: Context, study: optuna.Study) -> RangeDecision:
 
     (trial,) = run_grid(study, [{}], objective)
     curve = RangeCurve.from_dict(trial.user_attrs["curve"])
-    found = decide_range(curve.val_lrs, curve.val_losses, cfg.min_lr_div)
+    try:
+        found = decide_range(curve.val_lrs, curve.val_losses, cfg.min_lr_div)
+    except NoUsableMinimum as exc:
+        found = valley_range(curve, trial.user_attrs["suggestions"]["valley"], exc,
+                             cfg.min_lr_div)
+        log.warning("range test: %s", found.why)
     return RangeDecision(min_lr=found.min_lr, max_lr=found.max_lr, why=found.why,
                          suggestions={k: v for k, v in trial.user_attrs["suggestions"].items()
                                       if math.isfinite(v)},

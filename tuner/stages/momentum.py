@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from tuner.stages.base import Decision, HParams
 from tuner.stages.grid import grid_stage
-from tuner.stages.lr_range import RangeDecision
+from tuner.stages.lr_check import LRDecision
 
 if TYPE_CHECKING:
     from tuner.context import Context
@@ -26,8 +26,8 @@ class MomentumDecision(Decision):
 
 
 def hparams(ctx: Context, max_momentum: float) -> HParams:
-    """Stage 1's LR range, weight decay held at ``momentum.weight_decay``."""
-    cfg, lr = ctx.config, ctx.decision(RangeDecision)
+    """The checked LR range, weight decay held at ``momentum.weight_decay``."""
+    cfg, lr = ctx.config, ctx.decision(LRDecision)
     return HParams(lr.min_lr, lr.max_lr, max_momentum, cfg.momentum.min_momentum,
                    cfg.momentum.weight_decay, cfg.train.batch_size)
 
@@ -35,7 +35,7 @@ def hparams(ctx: Context, max_momentum: float) -> HParams:
 STAGE = grid_stage(
     name="momentum", title="Cyclical momentum", param="max_momentum", label="max momentum",
     decision=MomentumDecision, settings=lambda cfg: cfg.momentum, hparams=hparams,
-    decide=lambda cfg, value, why: MomentumDecision(
-        max_momentum=value, min_momentum=cfg.momentum.min_momentum,
-        optimizer=cfg.train.optimizer, why=why),
+    decide=lambda ctx, value, why: MomentumDecision(
+        max_momentum=value, min_momentum=ctx.config.momentum.min_momentum,
+        optimizer=ctx.config.train.optimizer, why=why),
     wording=lambda cfg: "max momentum" if cfg.train.optimizer == "sgd" else "max beta1")

@@ -36,6 +36,7 @@ from tuner.locks import storage_lock
 from tuner.stages.base import Decision, HParams, Stage
 from tuner.stages.batch_size import BatchSizeDecision, linear_cap
 from tuner.stages.grid import metric_text, scored
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 REPEAT_ATTR = "repeat"  # user attr of a confirmation rerun: the seed offset
 CONFIRMATION = {REPEAT_ATTR: 1}
 CONFIRM_RUNS = 2  # the winner's and the staged values' reruns
-TUNING = (RangeDecision, MomentumDecision, WeightDecayDecision, BatchSizeDecision)
+TUNING = (RangeDecision, LRDecision, MomentumDecision, WeightDecayDecision, BatchSizeDecision)
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +96,7 @@ def box(ctx: Context, base: HParams) -> Box:
     high = base.max_lr * f
     bs, ref = base.batch_size, cfg.train.batch_size
     if cfg.batch_size.lr_cap == "linear" and bs > ref:
-        cap = linear_cap(ctx.decision(RangeDecision).max_lr, bs, ref)
+        cap = linear_cap(ctx.decision(LRDecision).max_lr, bs, ref)
         high = min(high, max(base.max_lr, cap))
     return Box(base.max_lr / f, high,
                neighbours(cfg.momentum.values, base.max_momentum),

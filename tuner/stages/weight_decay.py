@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from tuner.stages.base import Decision, HParams
 from tuner.stages.grid import grid_stage
-from tuner.stages.lr_range import RangeDecision
+from tuner.stages.lr_check import LRDecision
 from tuner.stages.momentum import MomentumDecision
 
 if TYPE_CHECKING:
@@ -23,8 +23,8 @@ class WeightDecayDecision(Decision):
 
 
 def hparams(ctx: Context, weight_decay: float) -> HParams:
-    """Stage 1's LR range and stage 2's momentum."""
-    lr, mom = ctx.decision(RangeDecision), ctx.decision(MomentumDecision)
+    """The checked LR range and stage 2's momentum."""
+    lr, mom = ctx.decision(LRDecision), ctx.decision(MomentumDecision)
     return HParams(lr.min_lr, lr.max_lr, mom.max_momentum, mom.min_momentum, weight_decay,
                    ctx.config.train.batch_size)
 
@@ -32,4 +32,4 @@ def hparams(ctx: Context, weight_decay: float) -> HParams:
 STAGE = grid_stage(
     name="weight_decay", title="Weight decay", param="weight_decay", label="weight decay",
     decision=WeightDecayDecision, settings=lambda cfg: cfg.weight_decay, hparams=hparams,
-    decide=lambda _cfg, value, why: WeightDecayDecision(weight_decay=value, why=why))
+    decide=lambda _ctx, value, why: WeightDecayDecision(weight_decay=value, why=why))

@@ -1,0 +1,137 @@
+"""Stage 1b: the max LR check. Short 1cycle runs at a few multiples of the range test's reading
+(``lr_check.factors``, default x0.71, x1, x1.41, x2; three seeds each), momentum cycling from
+``lr_check.max_momentum``, weight decay held as in the momentum stage. The max LR (min LR = max /
+``lr_range.min_lr_div``) every later stage uses is x1.41 (``lr_check.prefer``), unless another
+factor's mean final validation loss beats it by more than the noise between seeds
+(``keep_preferred``): the check confirms the calibrated multiple or moves off it. x0.71 is
+there because the reading wanders from seed to seed (MNIST-1D CNN: 0.063-0.17 over five
+seeds, where 1cycle falls off a cliff from about 0.17): a high reading needs a step down.
+
+Why: the range test's reading is a floor, not the 1cycle optimum. A rising-LR test is short and
+fast, and short horizons prefer small LRs (Wu et al. 2018); 1cycle's long warm-up tolerates more.
+Measured on five model/data pairs (``bench/lr_calibration.py``): 1cycle's best max LR was 1.4-2x
+the validation minimum on every pair, and runs fell off a cliff from about 2.8x. The paper
+confirms momentum with short runs; this stage does the same for the max LR, so the value that
+goes on is one the 1cycle runs chose, not a reading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from optuna.trial import FrozenTrial
+
+from tuner.stages.base import Decision, HParams, Sizes, Speed
+from tuner.stages.grid import GridChoice, decide_grid, grid_stage, scored, value_text
+from tuner.stages.lr_range import RangeDecision
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.config import StudyConfig
+    from tuner.context import Context
+
+
+@dataclass(frozen=True, kw_only=True)
+class LRDecision(Decision):
+    """The LR range every later stage uses."""
+
+    min_lr: float
+    max_lr: float
+    factor: float  # max_lr / the range test's max LR
+    reading: float  # the range test's max LR
+    batch_size: int  # the size the runs (and the range test) ran at
+
+    def summary(self) -> str:
+        return (f"LR {self.min_lr:.3g} – {self.max_lr:.3g} (x{self.factor:.3g} the range "
+                f"test's {self.reading:.3g})")
+
+
+def candidates(ctx: Context) -> list[float]:
+    """The max LRs to run: the reading times each factor."""
+    reading = ctx.decision(RangeDecision).max_lr
+    return [reading * f for f in ctx.config.lr_check.factors]
+
+
+def hparams(ctx: Context, max_lr: float) -> HParams:
+    cfg = ctx.config
+    return HParams(max_lr / cfg.lr_range.min_lr_div, max_lr, cfg.lr_check.max_momentum,
+                   cfg.momentum.min_momentum, cfg.momentum.weight_decay, cfg.train.batch_size)
+
+
+def decide(ctx: Context, max_lr: float, why: str) -> LRDecision:
+    stage1 = ctx.decision(RangeDecision)
+    factor = max_lr / stage1.max_lr
+    return LRDecision(min_lr=max_lr / ctx.config.lr_range.min_lr_div, max_lr=max_lr,
+                      factor=factor, reading=stage1.max_lr, batch_size=stage1.batch_size,
+                      why=f"x{factor:.3g} the range test's {stage1.max_lr:.3g}: {why}")
+
+
+def noise(a: Sequence[float], b: Sequence[float]) -> float:
+    """The standard error of the difference between the means of ``a`` and ``b`` (runs from
+    different seeds); 0 where a side has fewer than two runs."""
+    if len(a) < 2 or len(b) < 2:
+        return 0.0
+    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+
+
+def keep_preferred(trials: Sequence[FrozenTrial], preferred: float, margin: float,
+                   label: str = "max LR") -> GridChoice:
+    """The lowest mean final validation loss (``decide_grid``), unless the trial at
+    ``preferred`` comes within the noise of it: the larger of the seeds' standard error of the
+    difference and ``margin`` x the preferred loss. Then ``preferred``.
+
+    Short runs from two or three seeds rank neighbouring LRs by chance (measured: the same
+    pair's x1 and x1.41 swapped places between two runs of this stage, 0.5 points of test
+    accuracy apart), so a grid point other than the calibrated one must win by more than that.
+    """
+    choice = decide_grid(trials, "max_lr", label)
+    pref = next((t for t in trials if scored(t) and math.isclose(t.params["max_lr"], preferred)),
+                None)
+    if pref is None or math.isclose(choice.value, preferred):
+        return choice
+    best = next(t for t in trials if t.params["max_lr"] == choice.value)
+    threshold = max(noise(best.user_attrs.get("val_losses", []),
+                          pref.user_attrs.get("val_losses", [])), margin * pref.value)
+    gain = pref.value - best.value
+    if gain > threshold:
+        return GridChoice(choice.value, f"{choice.why}; it beat {value_text(preferred)} by "
+                                        f"{gain:.3g}, more than the noise {threshold:.3g}")
+    return GridChoice(preferred, f"{label} {value_text(preferred)} kept: "
+                                 f"{value_text(choice.value)}'s loss {best.value:.4g} is within "
+                                 f"the noise {threshold:.3g} of its {pref.value:.4g} "
+                                 f"({choice.why})")
+
+
+def choose(ctx: Context, trials: Sequence[FrozenTrial], label: str) -> GridChoice:
+    cfg = ctx.config.lr_check
+    return keep_preferred(trials, ctx.decision(RangeDecision).max_lr * cfg.prefer, cfg.margin,
+                          label)
+
+
+def run(ctx: Context, study: optuna.Study) -> LRDecision:
+    if len(ctx.config.lr_check.factors) == 1:  # nothing to compare: no runs
+        (value,) = candidates(ctx)
+        return decide(ctx, value, f"the only factor (lr_check.factors = "
+                                  f"{list(ctx.config.lr_check.factors)}), no runs")
+    return _GRID.run(ctx, study)
+
+
+def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
+    return 0.0 if len(cfg.lr_check.factors) == 1 else _GRID.cost(cfg, speed, sizes)
+
+
+_GRID = grid_stage(
+    name="lr_check", title="Max LR check", param="max_lr", label="max LR",
+    decision=LRDecision, settings=lambda cfg: cfg.lr_check, hparams=hparams, decide=decide,
+    values=candidates, choose=choose)
+# Not pruned (only a diverging run stops early): at the same epoch of 1cycle a larger max LR is
+# still at a larger LR, its validation loss higher until the last epochs; a pruner comparing runs
+# step by step stops the larger LRs before they anneal (measured: x1.41 and x2 pruned at epoch
+# 21-22 of 30 on MNIST-1D, where full runs at them score 0.5 points better).
+STAGE = dataclasses.replace(_GRID, run=run, cost=cost, reports=None)
