@@ -90,6 +90,16 @@ CHECKED = LRDecision(min_lr=0.0141, max_lr=0.141, factor=1.41, reading=0.1, batc
 CHECK_GRID = (0.1, 0.141, 0.2)
 
 
+def range_test_decided(tmp_path: Path) -> Run:
+    """A run whose range test has decided (``READ``, with its curve), nothing after it."""
+    run = start_run(tmp_path)
+    study = stage_study(run, "lr_range")
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.5,
+                                 user_attrs={"curve": range_curve(0.5)}))
+    decide(study, READ)
+    return run
+
+
 def check_lr(run: Run, metric: float | None = 0.5) -> optuna.Study:
     """The LR check, decided: x1 and x1.41 the reading complete, x2 diverged."""
     study = stage_study(run, "lr_check")

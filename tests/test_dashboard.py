@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.trial import TrialState, create_trial
 from optuna_dashboard import get_note
 
 from tuner.cli import main
@@ -49,7 +48,7 @@ from .hand_runs import (
     check_lr,
     decide,
     finished_run,
-    range_curve,
+    range_test_decided,
     stage_study,
     start_run,
     text_of,
@@ -96,18 +95,8 @@ def test_annotate_stage_writes_the_note_and_the_range_figure(tiny_run: TinyRun, 
     assert has_range_figure(studies["lr_range"])
 
 
-def _range_test_decided(tmp_path: Path) -> Run:
-    """A run whose range test has decided (with its curve), nothing after it."""
-    run = start_run(tmp_path)
-    study = stage_study(run, "lr_range")
-    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.5,
-                                 user_attrs={"curve": range_curve(0.5)}))
-    decide(study, READ)
-    return run
-
-
 def test_the_lr_check_redraws_the_range_figure_with_its_max_lr(tmp_path: Path) -> None:
-    run = _range_test_decided(tmp_path)
+    run = range_test_decided(tmp_path)
     rt = run.studies()["lr_range"]
     annotate_stage(stage("lr_range"), rt, READ)  # as the pipeline does, before the check
     assert has_range_figure(rt) and not has_range_figure(rt, checked=True)
@@ -122,7 +111,7 @@ def test_the_lr_check_redraws_the_range_figure_with_its_max_lr(tmp_path: Path) -
 
 
 def test_tuner_dashboard_redraws_a_range_figure_drawn_before_the_check(tmp_path: Path) -> None:
-    run = _range_test_decided(tmp_path)
+    run = range_test_decided(tmp_path)
     assert sorted(annotate_run(run)) == ["lr_range figure", "lr_range note"]
     check_lr(run)  # decided, but its hook never ran (a worker killed before it)
     (tmp_path / "artifacts").mkdir()

@@ -47,7 +47,7 @@ from .hand_runs import (
     decide,
     finished_run,
     grid_trial,
-    range_curve,
+    range_test_decided,
     stage_study,
     start_run,
 )
@@ -274,11 +274,7 @@ def test_the_lr_check_is_a_grid_of_max_lrs_marked_on_the_range_test(tmp_path: Pa
 
 
 def test_a_check_of_one_factor_shows_its_decision_without_a_grid(tmp_path: Path) -> None:
-    run = start_run(tmp_path)
-    study = stage_study(run, "lr_range")
-    study.add_trial(create_trial(state=TrialState.COMPLETE, value=1.5,
-                                 user_attrs={"curve": range_curve(0.5)}))
-    decide(study, READ)
+    run = range_test_decided(tmp_path)
     decide(stage_study(run, "lr_check"), LRDecision(
         min_lr=0.01, max_lr=0.1, factor=1.0, reading=0.1, batch_size=64,
         why="x1 the range test's 0.1: the only factor, no runs"))
