@@ -73,18 +73,20 @@ def decide(ctx: Context, max_lr: float, why: str) -> LRDecision:
 
 
 def noise(a: Sequence[float], b: Sequence[float]) -> float:
-    """The standard error of the difference between the means of ``a`` and ``b`` (runs from
-    different seeds); 0 where a side has fewer than two runs."""
-    if len(a) < 2 or len(b) < 2:
+    """The standard error of the difference between the means of ``a`` and ``b``, runs from
+    the same seeds in the same order (each factor's k-th run starts from the same weights and
+    sees the same batches): the spread of the per-seed differences over sqrt(n). 0 with fewer
+    than two pairs."""
+    if len(a) != len(b) or len(a) < 2:
         return 0.0
-    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return statistics.stdev(x - y for x, y in zip(a, b, strict=True)) / math.sqrt(len(a))
 
 
 def keep_preferred(trials: Sequence[FrozenTrial], preferred: float, margin: float,
                    label: str = "max LR") -> GridChoice:
     """The lowest mean final validation loss (``decide_grid``), unless the trial at
-    ``preferred`` comes within the noise of it: the larger of the seeds' standard error of the
-    difference and ``margin`` x the preferred loss. Then ``preferred``.
+    ``preferred`` comes within the noise of it: the larger of the standard error of the per-seed
+    differences (``noise``) and ``margin`` x the preferred loss. Then ``preferred``.
 
     Short runs from two or three seeds rank neighbouring LRs by chance (measured: the same
     pair's x1 and x1.41 swapped places between two runs of this stage, 0.5 points of test
