@@ -49,7 +49,8 @@ def test_batch_size_stage_reuses_stage_one_range_test_for_the_reference_size() -
     cfg = StudyConfig()
     # the default budget per size: a final training (40 epochs) at the reference size
     size_budget = 40 * 100 * 0.003
-    per_size = size_budget + 10 * 800 * 3e-6 + 2 * 0.3
+    # ... its evaluations and its throughput measurements (9 rounds of 0.1 s)
+    per_size = size_budget + 10 * 800 * 3e-6 + 9 * 0.1
     tests = 4 * range_test_seconds(cfg, SPEED, 64, 1000)  # not for 32, the reference size
     assert batch_size.cost(cfg, SPEED, SIZES) == pytest.approx(5 * per_size + tests)
     assert batch_size.STAGE.cost is batch_size.cost

@@ -70,10 +70,16 @@ log = logging.getLogger(__name__)
 BUDGET_ATTR = "budget_s"
 THROUGHPUT_ATTR = "samples_per_s"  # {str(batch size): samples per second}, measured once
 INFEASIBLE_ATTR = "infeasible_sizes"  # {str(batch size): why}: out of memory when measured
-# Each size's throughput is measured THROUGHPUT_ROUNDS times, round-robin over the sizes, for
-# THROUGHPUT_SECONDS each (tuner.budget's one measurement per size lasts as long); the median.
+# Each size's throughput is measured THROUGHPUT_ROUNDS times, round-robin over the sizes and
+# the reference, for THROUGHPUT_ROUND_SECONDS each; a size's rate is the reference's median
+# rate times the median of its per-round ratios to the reference. Paired ratios cancel what a
+# round's load does to every size alike: on a 2-vCPU VM their spread from one measurement to
+# the next was 1.05-1.10x (9 x 0.1 s, idle or beside a CPU hog), against 1.15-1.30x for the
+# ratio of medians of 3 x 0.2 s. tuner.budget's one measurement per size lasts
+# THROUGHPUT_SECONDS.
 THROUGHPUT_SECONDS = 0.2
-THROUGHPUT_ROUNDS = 3
+THROUGHPUT_ROUND_SECONDS = 0.1
+THROUGHPUT_ROUNDS = 9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,22 +133,36 @@ class Budget:
     infeasible: dict[int, str]  # the sizes out of memory when measured: why
 
 
+def paired_rates(samples: dict[int, list[float]], reference: int) -> dict[int, float]:
+    """Each size's samples per second from rounds of measurements (``samples[bs][k]``: round
+    k): the reference's median, and for another size that times the median of its ratios to
+    the reference in the same round (a size missing from some rounds: over those it has)."""
+    ref = samples[reference]
+    rates = {reference: statistics.median(ref)}
+    for bs, values in samples.items():
+        if bs != reference:
+            ratios = [v / r for v, r in zip(values, ref, strict=False)]  # fewer rounds: OOM
+            rates[bs] = rates[reference] * statistics.median(ratios)
+    return rates
+
+
 def measure_rates(ctx: Context, sizes: Sequence[int]) -> tuple[dict[int, float], dict[int, str]]:
-    """Samples per second of each size: ``THROUGHPUT_ROUNDS`` measurements of
-    ``THROUGHPUT_SECONDS``, round-robin over the sizes (a passing load falls on every size
-    alike), the median of each. A size other than the reference that runs out of memory is
-    left out with why (the second dict)."""
-    samples: dict[int, list[float]] = {bs: [] for bs in sizes}
+    """Samples per second of each size and of the reference (``paired_rates`` of
+    ``THROUGHPUT_ROUNDS`` rounds of ``THROUGHPUT_ROUND_SECONDS`` per size). A size other than
+    the reference that runs out of memory is left out with why (the second dict)."""
+    reference = ctx.config.train.batch_size
+    order = [reference, *(bs for bs in sizes if bs != reference)]
+    samples: dict[int, list[float]] = {bs: [] for bs in order}
     infeasible: dict[int, str] = {}
     for _ in range(THROUGHPUT_ROUNDS):
-        for bs in sizes:
+        for bs in order:
             if bs in infeasible:
                 continue
             try:
                 steps_per_s = ctx.steps_per_second(reference_hparams(ctx, bs),
-                                                   min_seconds=THROUGHPUT_SECONDS)
+                                                   min_seconds=THROUGHPUT_ROUND_SECONDS)
             except Exception as exc:
-                if bs == ctx.config.train.batch_size or not ctx.is_out_of_memory(exc):
+                if bs == reference or not ctx.is_out_of_memory(exc):
                     raise
                 error = first_line(exc)
             else:
@@ -153,7 +173,7 @@ def measure_rates(ctx: Context, sizes: Sequence[int]) -> tuple[dict[int, float],
             ctx.release_memory()
             infeasible[bs] = f"batch size {bs} does not fit in memory on {ctx.device} ({error})"
             log.warning("%s: infeasible, skipped", infeasible[bs])
-    rates = {bs: statistics.median(v) for bs, v in samples.items() if bs not in infeasible}
+    rates = paired_rates({bs: v for bs, v in samples.items() if bs not in infeasible}, reference)
     return rates, infeasible
 
 
@@ -170,7 +190,7 @@ def resolve_budget(ctx: Context, study: optuna.Study, sizes: Sequence[int]) -> B
         missing = [b for b in sorted({*sizes, ref}) if b not in rates and b not in infeasible]
         if missing:
             measured, failed = measure_rates(ctx, missing)
-            rates.update(measured)
+            rates.update({b: r for b, r in measured.items() if b in missing})
             infeasible.update(failed)
             study.set_user_attr(THROUGHPUT_ATTR, {str(b): r for b, r in sorted(rates.items())})
             study.set_user_attr(INFEASIBLE_ATTR, {str(b): w for b, w in infeasible.items()})
@@ -249,8 +269,8 @@ def reference_hparams(ctx: Context, batch_size: int | None = None,
 
 def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
     """Seconds of this stage: the throughput measurements (``THROUGHPUT_ROUNDS`` of
-    ``THROUGHPUT_SECONDS`` per size, the reference's included), and per size a range test
-    (unless stage 1's is reused), the equal-time run and its evaluations."""
+    ``THROUGHPUT_ROUND_SECONDS`` per size, the reference's included), and per size a range test
+    (unless the size keeps the checked range), the equal-time run and its evaluations."""
     b = cfg.batch_size
     sizes_run = candidates(cfg, sizes.n_train)
     if sizes_run == [cfg.train.batch_size]:
@@ -261,7 +281,7 @@ def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
         bs = cfg.train.batch_size
         budget = cfg.final.epochs * epoch_steps(sizes.n_train, bs) * speed.step_s[bs]
     measuring = (len({*sizes_run, cfg.train.batch_size}) * THROUGHPUT_ROUNDS
-                 * THROUGHPUT_SECONDS)
+                 * THROUGHPUT_ROUND_SECONDS)
     per_size = budget + b.reports * sizes.n_val * speed.eval_sample_s
     return measuring + sum(per_size + (0.0 if keeps_checked_range(cfg, bs) else
                                        range_test_seconds(cfg, speed, bs, b.range_test_iters))
