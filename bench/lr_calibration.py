@@ -164,6 +164,7 @@ class Choice:
     accuracies: list[float]  # 1cycle at max_lr, as the sweep's points (per seed)
     seconds: float  # stages 1 and 1b
     check: list[list[float]] = field(default_factory=list)  # [max LR, seeds' val losses...]
+    check_metrics: list[list[float]] = field(default_factory=list)  # [max LR, val accuracies...]
 
 
 @dataclass
@@ -223,9 +224,11 @@ def one_cycle_accuracy(pair: Pair, data: Splits, max_lr: float, epochs: int, see
     return evaluate(model, data.test).metric
 
 
-def checked_lr(pair: Pair, data: Splits, seed: int) -> tuple[LRDecision, list[list[float]]]:
+def checked_lr(pair: Pair, data: Splits, seed: int
+               ) -> tuple[LRDecision, list[list[float]], list[list[float]]]:
     """Stages 1 and 1b of the tool, default study (reference batch 32, SGD), on the pair; and
-    per checked max LR [max LR, each seed's final validation loss...] (none: pruned)."""
+    per checked max LR [max LR, each seed's final validation loss...] (none: pruned), and the
+    same with the validation accuracies."""
     cfg = StudyConfig(train=TrainConfig(batch_size=BATCH, seed=seed))
     ctx = Context(cfg, Workload(data, pair.model, torch.device("cpu")),
                   optuna.storages.InMemoryStorage(), "calibration")
@@ -234,7 +237,8 @@ def checked_lr(pair: Pair, data: Splits, seed: int) -> tuple[LRDecision, list[li
         study = open_study(ctx.storage, ctx.run, stage, pruner)
         ctx.decisions[stage.name] = stage.run(ctx, study)
     rows = [[t.params["max_lr"], *t.user_attrs.get("val_losses", [])] for t in study.trials]
-    return ctx.decision(LRDecision), rows
+    metrics = [[t.params["max_lr"], *t.user_attrs.get("val_metrics", [])] for t in study.trials]
+    return ctx.decision(LRDecision), rows, metrics
 
 
 def stability(name: str, pair: Pair, seeds: int) -> None:
@@ -244,7 +248,7 @@ def stability(name: str, pair: Pair, seeds: int) -> None:
     rows = []
     for seed in range(seeds):
         t0 = time.perf_counter()
-        d, _ = checked_lr(pair, data, seed)
+        d, _, _ = checked_lr(pair, data, seed)
         rows.append(d)
         print(f"  {name} seed {seed}: range test {d.reading:.4g}, x{d.factor:.3g} -> max LR "
               f"{d.max_lr:.4g} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -259,12 +263,12 @@ def pipeline_choice(pair: Pair, data: Splits, epochs: int, seeds: list[int]) -> 
     """Stages 1 and 1b of the tool with the default study (reference batch 32, SGD) on the pair,
     then the sweep's 1cycle training at the max LR they chose."""
     t0 = time.perf_counter()
-    checked, check = checked_lr(pair, data, seeds[0])
+    checked, check, metrics = checked_lr(pair, data, seeds[0])
     seconds = time.perf_counter() - t0
     accs = [one_cycle_accuracy(pair, data, checked.max_lr, epochs, s) for s in seeds]
     print(f"  pipeline: range test {checked.reading:.4g}, checked max LR {checked.max_lr:.4g} "
           f"({seconds:.0f} s): {100 * statistics.fmean(accs):.2f}%", flush=True)
-    return Choice(checked.reading, checked.max_lr, checked.why, accs, seconds, check)
+    return Choice(checked.reading, checked.max_lr, checked.why, accs, seconds, check, metrics)
 
 
 def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int],
@@ -294,10 +298,15 @@ def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int],
 # --- reporting --------------------------------------------------------------------------------
 
 def band(result: Result) -> tuple[float, float, float]:
-    """(best mean accuracy, lowest and highest LR whose mean is within BAND of it)."""
-    means = [statistics.fmean(a) for a in result.accuracies]
-    best = max(means)
-    inside = [lr for lr, m in zip(result.lrs, means, strict=True) if m >= best - BAND]
+    """(best mean accuracy, lowest and highest LR whose mean is within BAND of it), over the
+    sweep's points and the pipeline's choice (trained the same way, so one more point: a choice
+    between two sweep points is in the band if its own accuracy is)."""
+    points = list(zip(result.lrs, result.accuracies, strict=True))
+    if result.choice is not None:
+        points.append((result.choice.max_lr, result.choice.accuracies))
+    means = [(lr, statistics.fmean(a)) for lr, a in points]
+    best = max(m for _, m in means)
+    inside = [lr for lr, m in means if m >= best - BAND]
     return best, min(inside), max(inside)
 
 
@@ -319,10 +328,12 @@ def table(result: Result) -> str:
                                            "below" if value < lo else "above")
         lines.append(f"| {key} | {'—' if value is None else f'{value:.4g}'} | {where} |")
     if result.choice is not None:
-        accs = result.choice.accuracies
+        acc = statistics.fmean(result.choice.accuracies)
+        sweep_best = max(statistics.fmean(a) for a in result.accuracies)
+        gap = 100 * (acc - sweep_best)
         lines += ["", f"Pipeline: {result.choice.why}", "",
-                  f"Its 1cycle test accuracy: {100 * statistics.fmean(accs):.2f}% "
-                  f"({100 * (best - statistics.fmean(accs)):.2f} points below the sweep's best)."]
+                  f"Its 1cycle test accuracy: {100 * acc:.2f}% ({abs(gap):.2f} points "
+                  f"{'above' if gap >= 0 else 'below'} the sweep's best)."]
     return "\n".join(lines)
 
 

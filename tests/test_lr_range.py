@@ -11,11 +11,15 @@ from torch import nn
 from tuner.config import LRRangeConfig
 from tuner.data import TensorData
 from tuner.lr_range import (
+    RISE_RATIO,
     LRRange,
     NoUsableMinimum,
     RangeCurve,
     decide_range,
     ema,
+    read_range,
+    rise_lr,
+    rise_range,
     suggestions,
     valley,
 )
@@ -178,6 +182,57 @@ def test_suggestions_on_too_short_curve_are_nan() -> None:
     s = suggestions(LRS[:7], [2.0, 1.5, 1.0, 0.9, 1.2, 2.0, 3.0])
     assert all(math.isnan(x) for x in s)
 
+
+
+# --- rise_range -----------------------------------------------------------------------------
+
+
+def test_rise_is_where_the_loss_climbs_back_half_way_log_linear() -> None:
+    # first 2.0, minimum 1.0 at LRS[3]: half-way is 1.5, between LRS[4] (1.2) and LRS[5] (1.8)
+    losses = [2.0, 1.6, 1.1, 1.0, 1.2, 1.8, 3.0]
+    rise = rise_lr(LRS[:7], losses)
+    assert rise == pytest.approx(LRS[4] * (LRS[5] / LRS[4]) ** 0.5)  # 1.5 is half-way up
+    assert LRS[4] < rise < LRS[5]
+
+
+def test_rise_is_none_when_the_test_stopped_before_the_climb() -> None:
+    assert rise_lr(LRS[:6], [2.0, 1.6, 1.1, 1.0, 1.2, 1.4]) is None  # up to 1.4 < 1.5 only
+    assert rise_lr(LRS[:6], [2.0, 1.6, 1.1, 1.0, 1.2, math.nan]) is None  # a NaN ends it
+    assert rise_lr(LRS[:2], [2.0, 2.0]) is None  # flat: no climb to find
+
+
+def test_rise_range_is_the_rise_over_the_ratio_and_says_so() -> None:
+    losses = [2.0, 1.6, 1.1, 1.0, 1.2, 1.8, 3.0]
+    found = rise_range(LRS[:7], losses, min_lr_div=10.0)
+    assert found.max_lr == pytest.approx(rise_lr(LRS[:7], losses) / RISE_RATIO)
+    assert found.min_lr == pytest.approx(found.max_lr / 10)
+    assert "half-way" in found.why and f"{found.max_lr:.3g}" in found.why
+
+
+def test_the_rise_moves_less_than_the_minimum_along_a_flat_bottom() -> None:
+    """Two tests whose flat bottoms put the minimum a decade apart climb at the same LR."""
+    early = [2.0, 1.2, 1.0, 1.01, 1.02, 2.5]
+    late = [2.0, 1.2, 1.02, 1.01, 1.0, 2.5]
+    assert decide_range(LRS[:6], late).max_lr / decide_range(LRS[:6], early).max_lr == (
+        pytest.approx(10.0))
+    assert rise_range(LRS[:6], late).max_lr == pytest.approx(rise_range(LRS[:6], early).max_lr,
+                                                             rel=0.02)
+
+
+def test_rise_range_falls_back_to_the_minimum_and_keeps_its_errors() -> None:
+    stopped = [2.0, 1.6, 1.1, 1.0, 1.2, 1.4]  # diverged before climbing half-way
+    found = rise_range(LRS[:6], stopped)
+    assert found.max_lr == decide_range(LRS[:6], stopped).max_lr
+    assert "minimum is the reading" in found.why
+    with pytest.raises(NoUsableMinimum, match="still falling"):
+        rise_range(LRS[:5], [2.0, 1.6, 1.1, 1.0, 0.9])
+
+
+def test_read_range_follows_the_configured_reading() -> None:
+    losses = [2.0, 1.6, 1.1, 1.0, 1.2, 1.8, 3.0]
+    curve = RangeCurve(val_lrs=LRS[:7], val_losses=losses)
+    assert read_range(curve, "minimum") == decide_range(LRS[:7], losses)
+    assert read_range(curve, "rise") == rise_range(LRS[:7], losses)
 
 # --- a real range test ----------------------------------------------------------------------
 

@@ -85,17 +85,22 @@ def test_cost_is_a_grid_of_the_factors_or_nothing() -> None:
     assert lr_check.STAGE.cost(one, speed, sizes) == 0.0
 
 
-def trials(rows: dict[float, list[float] | str]) -> list[FrozenTrial]:
-    """Finished check trials: per max LR its seeds' final losses, or "diverged"."""
+def trials(rows: dict[float, list[float] | str],
+           metrics: dict[float, list[float]] | None = None) -> list[FrozenTrial]:
+    """Finished check trials: per max LR its seeds' final losses, or "diverged"; and their
+    final validation metrics (none when not given)."""
     out = []
     for lr, losses in rows.items():
+        attrs = {"val_losses": losses}
+        if metrics is not None:
+            attrs["val_metrics"] = metrics[lr]
         dist = {"max_lr": CategoricalDistribution(tuple(rows))}
         if isinstance(losses, str):
             out.append(create_trial(state=TrialState.PRUNED, params={"max_lr": lr},
                                     distributions=dist, user_attrs={"diverged": "nan"}))
         else:
             out.append(create_trial(value=sum(losses) / len(losses), params={"max_lr": lr},
-                                    distributions=dist, user_attrs={"val_losses": losses}))
+                                    distributions=dist, user_attrs=attrs))
     return out
 
 
@@ -126,6 +131,23 @@ def test_another_factor_wins_by_more_than_the_noise() -> None:
     choice = keep_preferred(trials({0.1: [0.30, 0.31], 0.141: [0.25, 0.26],
                                     0.2: [0.20, 0.21]}), 0.141, 0.05)
     assert choice.value == 0.2 and "more than the noise" in choice.why
+
+
+def test_a_lower_loss_with_a_lower_accuracy_does_not_move_the_check() -> None:
+    # an MLP 256x3 on MNIST-1D that overfits: x2's validation loss lower on every seed, its
+    # accuracy lower too (and 1.3 points lower on test)
+    losses = {0.122: [1.33, 1.30, 1.29], 0.173: [1.20, 1.15, 1.16]}
+    lower = keep_preferred(trials(losses, {0.122: [0.76, 0.75, 0.77], 0.173: [0.74, 0.75, 0.74]}),
+                           0.122, 0.05)
+    assert lower.value == 0.122
+    assert "validation metric was lower (0.7433 against 0.76)" in lower.why
+    assert "disagree" in lower.why
+    # ... with an accuracy as high or higher, the loss decides
+    agree = trials(losses, {0.122: [0.74, 0.75, 0.74], 0.173: [0.76, 0.75, 0.77]})
+    assert keep_preferred(agree, 0.122, 0.05).value == 0.173
+    # ... and without a metric (a regression) too
+    assert keep_preferred(trials(losses, {0.122: [None] * 3, 0.173: [None] * 3}), 0.122,
+                          0.05).value == 0.173
 
 
 def test_with_one_seed_the_margin_is_the_noise() -> None:

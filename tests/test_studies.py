@@ -16,7 +16,7 @@ from tuner.models import model_factory
 from tuner.references import check_references
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
-CIFAR_STUDIES = ["cifar10_3layer", "cifar10_resnet56"]
+CIFAR_STUDIES = ["cifar10_3layer", "cifar10_3layer_full", "cifar10_resnet56"]
 # The CIFAR studies read torchvision's CIFAR-10 (downloaded once); their comment gives the
 # offline alternative: these [data] lines replaced by npz files.
 ONLINE = 'name = "cifar10"\nroot = "data"\ndownload = true\n'
@@ -76,6 +76,7 @@ def test_cifar_studies_offline_without_the_data_say_which_file_is_missing(
 
 @pytest.mark.parametrize(("name", "model", "batch"), [
     ("cifar10_3layer", "cifar10_3layer", 128),
+    ("cifar10_3layer_full", "cifar10_3layer", 128),
     ("cifar10_resnet56", "resnet56", 512),
 ])
 def test_cifar_studies_offline_with_data_in_place(name: str, model: str, batch: int,
@@ -98,6 +99,14 @@ def test_cifar_studies_offline_with_data_in_place(name: str, model: str, batch: 
 def test_cifar10_3layer_is_restricted_to_10000_images() -> None:
     text = (STUDIES / "cifar10_3layer.toml").read_text()
     assert "train_subset = 10000" in text
+
+
+def test_cifar10_3layer_full_is_the_papers_set_up() -> None:
+    """All 50,000 images, the final 1cycle training 25 epochs at batch 128 (Smith 2018)."""
+    config = load_study(STUDIES / "cifar10_3layer_full.toml").resolved()
+    assert config.data.train_subset == 0
+    assert (config.final.epochs, config.train.batch_size) == (25, 128)
+    assert config.model.name == "cifar10_3layer"
 
 
 def test_resnet56_study_has_the_papers_settings() -> None:

@@ -176,8 +176,9 @@ class TrainConfig:
                                                      f"'module:callable'")] = "cross_entropy"
     label_smoothing: Unit = 0.0  # cross_entropy only
     # auto (accuracy for cross_entropy, none otherwise) | accuracy | none | "module:callable"
-    # (output, target) -> the metric summed over the batch; higher is better. Reported only:
-    # every decision is taken on validation loss.
+    # (output, target) -> the metric summed over the batch; higher is better. Reported; every
+    # decision is taken on validation loss, but the LR check leaves its calibrated multiple only
+    # if the metric does not fall.
     metric: Annotated[Str, _rule(_callable_or(METRICS), f"must be one of {list(METRICS)} or "
                                                         f"'module:callable'")] = "auto"
     # "module:callable": step(model, batch) -> loss, or (loss, metric_sum, count), for batches
@@ -230,6 +231,10 @@ class LRRangeConfig:
     diverge_factor: Annotated[Float, Field(gt=1)] = 4.0
     min_lr_div: PosFloat = 10.0  # min LR = max LR / this (the paper's rule)
     repeats: PosInt = 3  # tests from different seeds, validation curves averaged: one is noisy
+    # where the max LR is read: "minimum", the validation minimum's LR (the paper's); "rise",
+    # the LR where the loss has climbed back half-way from that minimum, / 2.83: the minimum's
+    # place along a flat bottom wanders 2.8x from seed to seed, the climb's 1.1x
+    reading: Literal["rise", "minimum"] = "rise"
 
     @model_validator(mode="after")
     def _end_above_start(self) -> Self:
@@ -247,8 +252,7 @@ class LRCheckConfig:
     validation minimum, and runs fell off a cliff from about 2.8x."""
 
     # multiples of the range test's max LR; one value = no runs (the reading as it is). Below 1
-    # too: the reading wanders from seed to seed (MNIST-1D CNN: 0.063-0.17 over five), and a
-    # high one sits on the cliff
+    # too: for a model whose cliff is close above the reading
     factors: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (0.71, 1.0, 1.41, 2.0)
     # the factor kept unless another beats it by more than the noise between seeds (the
     # calibration's typical best multiple); one of factors

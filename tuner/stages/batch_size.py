@@ -52,7 +52,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tuner.locks import storage_lock
-from tuner.lr_range import LRRange, NoUsableMinimum, decide_range
+from tuner.lr_range import LRRange, NoUsableMinimum, read_range
 from tuner.stages.base import Decision, HParams, Sizes, Speed, Stage, epoch_steps
 from tuner.stages.grid import GridChoice, decide_grid, metric_text, scored
 from tuner.stages.lr_check import LRDecision
@@ -310,7 +310,7 @@ def size_range(ctx: Context, trial: Trial, bs: int) -> LRRange:
     curve = ctx.range_tests(trial, bs, num_iters=cfg.batch_size.range_test_iters,
                             prefix="range_")
     try:
-        found = decide_range(curve.val_lrs, curve.val_losses, cfg.lr_range.min_lr_div)
+        found = read_range(curve, cfg.lr_range.reading, cfg.lr_range.min_lr_div)
     except NoUsableMinimum as exc:
         trial.set_user_attr("no_range", str(exc))
         raise optuna.TrialPruned(f"batch size {bs}: no LR range: {exc}") from None

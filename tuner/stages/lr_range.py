@@ -1,5 +1,7 @@
-"""Stage 1: the LR range test; reads the LR range (max at the validation minimum, min = max/10;
-without one, at the training loss's valley if the test diverged). Stage 1b checks the reading."""
+"""Stage 1: the LR range test; reads the LR range (``lr_range.reading``: by default where the
+validation loss climbed back half-way from its minimum, / 2.83; or at the minimum itself; min =
+max/10; without a minimum, at the training loss's valley if the test diverged). Stage 1b checks
+the reading."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import Trial
 
-from tuner.lr_range import NoUsableMinimum, RangeCurve, decide_range, valley_range
+from tuner.lr_range import NoUsableMinimum, RangeCurve, read_range, valley_range
 from tuner.stages.base import Decision, Speed, Stage
 from tuner.trials import run_grid
 
@@ -65,7 +67,7 @@ def run(ctx: Context, study: optuna.Study) -> RangeDecision:
     (trial,) = run_grid(study, [{}], objective)
     curve = RangeCurve.from_dict(trial.user_attrs["curve"])
     try:
-        found = decide_range(curve.val_lrs, curve.val_losses, cfg.min_lr_div)
+        found = read_range(curve, cfg.reading, cfg.min_lr_div)
     except NoUsableMinimum as exc:
         found = valley_range(curve, trial.user_attrs["suggestions"]["valley"], exc,
                              cfg.min_lr_div)
