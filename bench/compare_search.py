@@ -109,12 +109,17 @@ def equal_time_epochs(epochs: int, rate: float, reference_rate: float) -> int:
     return max(1, round(epochs * rate / reference_rate))
 
 
+METHODS = ("pipeline", "tpe", "random")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 120.0])
     parser.add_argument("--search-seeds", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=5, help="retraining seeds per choice")
     parser.add_argument("--epochs", type=int, default=40, help="retraining epochs (1cycle)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="which searches to run (default all three)")
     parser.add_argument("--reference-batch", type=int, default=32,
                         help="equal-time retraining lasts as long as --epochs at this size")
     args = parser.parse_args()
@@ -136,7 +141,7 @@ def main() -> None:
           f"{'chosen':<46} {f'{args.epochs} epochs':<16} equal time", flush=True)
     for budget in args.budgets:
         for search_seed in range(args.search_seeds):
-            for method in ("pipeline", "tpe", "random"):
+            for method in args.methods:
                 if method == "pipeline":
                     choice, seconds, n = run_pipeline(budget, search_seed, data)
                 else:
@@ -155,7 +160,7 @@ def main() -> None:
     for budget in args.budgets:
         for col, label in ((2, f"{args.epochs} epochs"), (3, "equal time")):
             line = []
-            for method in ("pipeline", "tpe", "random"):
+            for method in args.methods:
                 accs = [r[col] for r in rows if r[0] == budget and r[1] == method]
                 sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
                 line.append(f"{method} {100 * statistics.fmean(accs):.2f}% ± {100 * sd:.2f}")
