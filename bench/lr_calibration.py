@@ -1,7 +1,7 @@
 """Where does the 1cycle run's best max LR lie against the range test's readings?
 
 For each model/data pair: the tool's range test (``lr_range`` defaults, 3 seeds averaged, at the
-reference batch size) and its readings (validation minimum: the pipeline's max LR; divergence
+reference batch size) and its readings (validation minimum: the paper's max LR; divergence
 point; fastai's valley, steepest and minimum/10; the training-loss minimum); then a dense sweep
 of the 1cycle max LR, factors of sqrt(2) around the validation minimum (9 points, x1/4 ... x4),
 3 seeds each, at the stages' own settings (momentum 0.95 -> 0.85, weight decay 1e-4, batch 32,
@@ -9,8 +9,8 @@ of the 1cycle max LR, factors of sqrt(2) around the validation minimum (9 points
 markdown table per pair, the band within 0.3 points of the best, and which readings fall in
 it; ``--out DIR`` also writes the numbers (JSON) and an SVG of every curve.
 
-Then the pipeline's choice: the tool's stages 1 and 1b (range test, LR check) with the default
-study on the pair, and the sweep's 1cycle training at the max LR they chose (same seeds), so its
+Then the pipeline's choice: the tool's stages 1 and 1b (range test read by its default
+``lr_range.reading``, LR check) with the default study on the pair, and the sweep's 1cycle training at the max LR they chose (same seeds), so its
 accuracy can be set beside the sweep's best. ``--sweeps results.json`` reuses sweeps measured
 before and measures only the choice. ``--stability N`` runs only stages 1 and 1b from N search
 seeds per pair and prints the spread of the max LRs they chose.
