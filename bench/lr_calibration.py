@@ -10,10 +10,11 @@ markdown table per pair, the band within 0.3 points of the best, and which readi
 it; ``--out DIR`` also writes the numbers (JSON) and an SVG of every curve.
 
 Then the pipeline's choice: the tool's stages 1 and 1b (range test read by its default
-``lr_range.reading``, LR check) with the default study on the pair, and the sweep's 1cycle training at the max LR they chose (same seeds), so its
-accuracy can be set beside the sweep's best. ``--sweeps results.json`` reuses sweeps measured
-before and measures only the choice. ``--stability N`` runs only stages 1 and 1b from N search
-seeds per pair and prints the spread of the max LRs they chose.
+``lr_range.reading``, LR check) with the default study on the pair, and the sweep's 1cycle
+training at the max LR they chose (same seeds), so its accuracy can be set beside the sweep's
+best. ``--sweeps results.json`` reuses sweeps measured before and measures only the choice.
+``--stability N`` runs only stages 1 and 1b from N search seeds per pair and prints the spread
+of the max LRs they chose.
 
     .venv/bin/python -m bench.lr_calibration --pairs mnist1d_cnn mlp_small digits_cnn
     .venv/bin/python -m bench.lr_calibration --pairs cifar3_10k --cifar cifar10_train.npz
