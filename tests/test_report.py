@@ -84,6 +84,21 @@ def test_range_test_figure_marks_where_the_test_diverged(tiny_run: TinyRun) -> N
                 if t.name.startswith("checked")]
 
 
+def test_range_test_figures_mark_the_half_way_climb_the_reading_came_from(
+        tiny_run: TinyRun) -> None:
+    info = load_run(tiny_run.url).range_test
+    climbed = dataclasses.replace(info, rise_lr=0.3)
+    (mark,) = [t for t in range_test_figure(climbed).data
+               if t.name.startswith("half-way climb")]
+    assert mark.name == "half-way climb 0.3 (max LR = it / 2.83)"
+    assert list(mark.x) == pytest.approx([0.3, 0.3])
+    assert "half-way climb 0.3 (/ 2.83)" in range_test_svg(climbed)
+    read_at_minimum = dataclasses.replace(info, rise_lr=None)
+    assert "half-way climb" not in range_test_svg(read_at_minimum)
+    assert not [t for t in range_test_figure(read_at_minimum).data
+                if t.name.startswith("half-way climb")]
+
+
 def test_report_page_is_self_contained_and_small(tiny_run: TinyRun, tmp_path: Path) -> None:
     path = write_report(tiny_run.url, path=tmp_path / "r.html")
     page = path.read_text()

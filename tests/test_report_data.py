@@ -16,6 +16,7 @@ from optuna.trial import TrialState, create_trial
 
 from tuner.config import MomentumConfig, TrainConfig
 from tuner.dashboard import make_dashboard_server
+from tuner.lr_range import RISE_RATIO, rise_lr
 from tuner.report import write_report
 from tuner.report_data import (
     CheckedLR,
@@ -25,6 +26,7 @@ from tuner.report_data import (
     get_refine_info,
     load_run,
     loss_window,
+    reading_rise,
     schedule_points,
 )
 from tuner.stages import NAMES, STAGES, stage
@@ -47,6 +49,7 @@ from .hand_runs import (
     decide,
     finished_run,
     grid_trial,
+    range_curve,
     range_test_decided,
     stage_study,
     start_run,
@@ -76,7 +79,8 @@ def test_load_run_reads_every_stage_of_the_tiny_run(tiny_run: TinyRun) -> None:
     assert rt.metric_name == "accuracy" and rt.optimizer_text == "SGD, momentum 0.9"
     assert (rt.min_lr, rt.max_lr, rt.why) == (d["lr_range"].min_lr, d["lr_range"].max_lr,
                                               d["lr_range"].why)
-    assert rt.max_lr in rt.val_lrs  # the max LR is read off the validation curve
+    # the max LR is read off the validation curve: its minimum, or its half-way climb / 2.83
+    assert rt.max_lr in rt.val_lrs or rt.rise_lr == pytest.approx(rt.max_lr * RISE_RATIO)
     assert set(rt.suggestions) <= {"valley", "minimum", "steepest"}
     assert rt.val_losses_each == []  # a single test: no per-test curves
     checked = d["lr_check"]
@@ -246,6 +250,18 @@ def test_range_test_that_diverged_marks_where_it_stopped(tmp_path: Path) -> None
     decide(study, RangeDecision(min_lr=0.1, max_lr=1.0, batch_size=32, why="read off"))
     info = get_range_test_info(study)
     assert (info.min_lr, info.max_lr, info.batch_size, info.why) == (0.1, 1.0, 32, "read off")
+
+
+def test_the_half_way_climb_is_given_only_where_the_max_lr_was_read_there() -> None:
+    curve = range_curve(0.5)  # first 2.0, lowest 1.5 at 0.1, then 1.93 at the next point 0.316
+    lrs, losses = curve["val_lrs"], curve["val_losses"]
+    rise = rise_lr(lrs, losses)
+    assert rise is not None and 0.1 < rise < 0.32
+    assert reading_rise(lrs, losses, rise / RISE_RATIO) == rise
+    assert reading_rise(lrs, losses, 0.1) is None  # read at the minimum
+    assert reading_rise(lrs, losses, None) is None  # no range read
+    # a missing (None) last measurement ends the curve after the climb: still found
+    assert reading_rise(lrs, [*losses[:-1], None], rise / RISE_RATIO) == rise
 
 
 def test_the_lr_check_is_a_grid_of_max_lrs_marked_on_the_range_test(tmp_path: Path) -> None:

@@ -26,7 +26,9 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from tuner.lr_range import RISE_RATIO
 from tuner.report_data import (
+    RISE_NAME,
     FinalInfo,
     GridStageInfo,
     RangeTestInfo,
@@ -52,6 +54,7 @@ PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#9d755d", "#72b7b2", "#e
            "#ff9da6", "#bab0ac", "#439894")
 CHOSEN = "#d62728"
 RANGE_FILL = "rgba(84, 162, 75, 0.15)"
+RANGE_LINE = "rgb(84, 162, 75)"  # the range's colour, for where it was read
 READ_NAME = "range read off the test"  # the range test's reading, shaded
 MAX_CURVE_POINTS = 400  # per-step curves are thinned to this many points
 _AXIS = {"gridcolor": "#e6e6e6", "linecolor": "#999", "zeroline": False, "ticks": "outside",
@@ -126,6 +129,9 @@ def range_test_figure(info: RangeTestInfo, title: str | None = None) -> go.Figur
             y=_r([lo, lo, hi, hi, lo]), fill="toself", fillcolor=RANGE_FILL, mode="lines",
             line={"width": 0}, name=f"{READ_NAME} {info.min_lr:.3g} – {info.max_lr:.3g}",
             hovertemplate=f"min LR {info.min_lr:.3g}, max LR {info.max_lr:.3g}<extra></extra>"))
+    if info.rise_lr is not None:  # where the reading was taken
+        _vertical(fig, info.rise_lr, lo, hi, f"{RISE_NAME} {info.rise_lr:.3g} (max LR = it / "
+                  f"{RISE_RATIO:.3g})", RANGE_LINE, "dot")
     if info.checked is not None:  # what the later stages used
         _vertical(fig, info.checked.max_lr, lo, hi, info.checked.label, CHOSEN, "solid")
     x, y = downsample(info.lrs, info.train_losses, MAX_CURVE_POINTS)

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import ScheduleConfig, StudyConfig, TrainConfig, from_dict
 from tuner.environment import ENVIRONMENT_ATTR
-from tuner.lr_range import ema
+from tuner.lr_range import RISE_RATIO, ema, rise_lr
 from tuner.schedules import one_cycle
 from tuner.stages import STAGES, Decision, Stage, final, lr_range, refine, stage
 from tuner.stages.base import HParams
@@ -39,6 +39,7 @@ from tuner.trials import trial_params
 
 NOT_DECIDED = "not decided yet"
 CHECKED_NAME = "checked max LR"  # the LR check's choice, on the range test's figures
+RISE_NAME = "half-way climb"  # where the "rise" reading was taken (max LR = it / 2.83)
 SEED = "seed"  # the final training's trial parameter: one trial per seed
 
 
@@ -198,6 +199,7 @@ class RangeTestInfo:
     training: Training = Training()
     momentum: float | None = None  # the test's constant momentum (Adam: beta1)
     checked: CheckedLR | None = None  # the LR check's choice (None: not decided, or no check)
+    rise_lr: float | None = None  # the half-way climb the max LR was read at (None: not so read)
 
     @property
     def metric_name(self) -> str | None:
@@ -236,6 +238,18 @@ def get_range_test_info(study: optuna.Study, config: StudyConfig | None = None,
     return info if checked is None else dataclasses.replace(info, checked=CheckedLR.of(checked))
 
 
+def reading_rise(val_lrs: list[float], val_losses: list[float], max_lr: float | None
+                 ) -> float | None:
+    """The half-way climb of the validation loss if ``max_lr`` was read off it (it / 2.83), so
+    that the figure shows where the reading came from; else None (the minimum, the valley, or a
+    batch size's scaled range)."""
+    if max_lr is None:
+        return None
+    rise = rise_lr([float(x) for x in val_lrs], [math.nan if x is None else float(x)
+                                                 for x in val_losses])
+    return rise if rise is not None and math.isclose(rise / RISE_RATIO, max_lr) else None
+
+
 def _smoothed(raw: list[float | None], beta: float) -> list[float | None]:
     """The EMA of the finite prefix, None after it."""
     n = next((i for i, x in enumerate(raw) if x is None), len(raw))
@@ -259,6 +273,7 @@ def range_info_from_attrs(attrs: dict[str, Any], cfg: StudyConfig, batch_size: i
                          None)
     each = attrs.get(f"{prefix}val_losses_each") or []
     return RangeTestInfo(
+        rise_lr=reading_rise(curve["val_lrs"], curve["val_losses"], lr.max_lr),
         lrs=lrs, train_losses=raw, train_smoothed=smoothed,
         val_lrs=[float(x) for x in curve["val_lrs"]],
         val_losses=[finite(x) for x in curve["val_losses"]],

@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from tuner.lr_range import RISE_RATIO
 from tuner.report_data import (
     CHECKED_NAME,
+    RISE_NAME,
     RangeTestInfo,
     downsample,
     loss_window,
@@ -120,6 +122,12 @@ def _plot(f: _Frame, info: RangeTestInfo) -> tuple[list[str], Legend]:
         body.append(f'<rect x="{a:.1f}" y="{TOP}" width="{b - a:.1f}" height="{f.h}" '
                     f'fill="rgb(84,162,75)" fill-opacity="0.18"/>')
         legend.append(("box", "rgb(84,162,75)", f"range {info.min_lr:.3g} – {info.max_lr:.3g}"))
+    if info.rise_lr is not None:  # where the reading was taken
+        x = f.sx(info.rise_lr)
+        body.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + f.h}" '
+                    f'stroke="rgb(84,162,75)" stroke-width="1.5" stroke-dasharray="2 3"/>')
+        legend.append(("line", "rgb(84,162,75)",
+                       f"{RISE_NAME} {info.rise_lr:.3g} (/ {RISE_RATIO:.3g})"))
     if info.checked is not None:  # what the later stages used (the factor too long to list)
         c, x = info.checked, f.sx(info.checked.max_lr)
         body.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + f.h}" '
