@@ -198,9 +198,12 @@ def test_changed_settings_on_resume_are_refused(tmp_path: Path, mnist1d_splits) 
 
 def test_same_decisions_as_before_the_stage_redesign(tmp_path: Path, mnist1d_splits) -> None:
     """Recorded from tuner at commit b6ed392 (before stages became typed objects) with the same
-    tiny study on the same seeds; only the time-based batch-size comparison is left out, and the
-    LR check (which came later) keeps the reading as it is (one factor, no runs)."""
-    cfg = tiny_config(batch_size=dataclasses.replace(tiny_config().batch_size, values=(64,)),
+    tiny study on the same seeds; only the time-based batch-size comparison is left out, the
+    range test is read at its minimum as then (``reading = "minimum"``; the rise came later), and
+    the LR check (later too) keeps the reading as it is (one factor, no runs)."""
+    tiny = tiny_config()
+    cfg = tiny_config(batch_size=dataclasses.replace(tiny.batch_size, values=(64,)),
+                      lr_range=dataclasses.replace(tiny.lr_range, reading="minimum"),
                       lr_check=LRCheckConfig(factors=(1.0,)))
     result = tuner.run(cfg, storage=f"sqlite:///{tmp_path}/t.db", splits=mnist1d_splits)
     assert (result.min_lr, result.max_lr) == pytest.approx((0.0248112605513777,
