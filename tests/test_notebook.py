@@ -30,7 +30,8 @@ def test_inspect_run_notebook_executes(tiny_run: TinyRun, monkeypatch: pytest.Mo
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"run '{tiny_run.run}'" in text
-    assert "lr_range: validation loss fell" in text
+    # the range test's decision in its own words (read at the minimum or at the half-way climb)
+    assert f"lr_range: {tiny_run.result.decisions['lr_range'].why[:30]}" in text
     assert "lr_check: x" in text  # the LR check's why: "x1.41 the range test's 0.1: ..."
     assert "optimizer SGD · loss cross-entropy · metric accuracy" in text
     figures = [o for o in outputs if "application/json" in o.get("data", {})
