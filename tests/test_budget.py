@@ -234,7 +234,26 @@ def test_speed_is_measured_with_the_stages_models_and_generators(
     seen = spy_on_speed_measurement(monkeypatch)
     speed = budget.measure_speed(workload, [64, 32], eval_batch_size=1024, seed=3)
     assert sorted(speed.step_s) == [32, 64]
-    check_measured_as_the_stages_train(seen, workload, [32, 64])
+    check_measured_as_the_stages_train(seen, workload, [32, 64] * budget.SPEED_ROUNDS)
+
+
+def test_a_stall_in_one_round_does_not_move_the_speed(
+        mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    workload = Workload(mnist1d_splits, lambda: build_model("mnist1d_cnn", 10),
+                        torch.device("cpu"))
+    # steps/s by call: the machine stalls (4x slower) during the second round's 32, and batch
+    # size 512 is slow enough (8 steps >= ONE_ROUND_S) to be measured once.
+    rates = iter([1000.0, 10.0, 250.0, 1000.0, 1000.0])
+    calls: list[int] = []
+
+    def fake(self: Workload, bs: int, **kw: object) -> float:  # noqa: ARG001
+        calls.append(bs)
+        return next(rates)
+
+    monkeypatch.setattr(Workload, "steps_per_second", fake)
+    speed = budget.measure_speed(workload, [32, 512], eval_batch_size=1024)
+    assert calls == [32, 512, 32, 32]
+    assert speed.step_s == {32: pytest.approx(1 / 1000), 512: pytest.approx(1 / 10)}
 
 
 @pytest.mark.cuda
@@ -249,5 +268,5 @@ def test_measure_speed_with_the_data_on_cuda(mnist1d_splits,  # noqa: ANN001
     assert sorted(speed.step_s) == [32, 64]
     assert all(0 < s < 1 for s in speed.step_s.values())
     assert 0 < speed.eval_sample_s < speed.step_s[32]
-    check_measured_as_the_stages_train(seen, workload, [32, 64])
+    check_measured_as_the_stages_train(seen, workload, [32, 64] * budget.SPEED_ROUNDS)
     assert all(g.device.type == "cuda" for g in seen["generators"])

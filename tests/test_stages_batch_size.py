@@ -145,6 +145,22 @@ def test_default_budget_is_measured_once_and_stored(tmp_path: Path, mnist1d_spli
     assert len(calls) == 3 * bs_stage.THROUGHPUT_ROUNDS
 
 
+def test_a_size_added_on_resume_keeps_its_ratio_to_the_stored_reference(
+        tmp_path: Path, mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    ctx, study = context(tmp_path, mnist1d_splits, (32,))
+    ctx.config = tiny_config(batch_size=BatchSizeConfig(values=(32,), budget_s=0.0))
+    monkeypatch.setattr(bs_stage, "measure_rates",
+                        lambda ctx, sizes: ({64: 1000.0, 32: 600.0}, {}))
+    first = bs_stage.resolve_budget(ctx, study, [32])
+    # Resumed with one more size, on a machine now twice as fast: the reference keeps its stored
+    # rate, and the new size its measured ratio to the reference (4000 / 2000), not its raw rate.
+    monkeypatch.setattr(bs_stage, "measure_rates",
+                        lambda ctx, sizes: ({64: 2000.0, 128: 4000.0}, {}))
+    again = bs_stage.resolve_budget(ctx, study, [32, 128])
+    assert again.rates == {32: 600.0, 64: 1000.0, 128: 2000.0}
+    assert again.seconds == first.seconds
+
+
 def test_configured_budget_is_used_as_given(tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
     ctx, study = context(tmp_path, mnist1d_splits, (64,))
     budget = bs_stage.resolve_budget(ctx, study, [64])

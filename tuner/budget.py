@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
@@ -133,27 +134,37 @@ def plan(cfg: StudyConfig, budget_s: float, speed: Speed, sizes: Sizes) -> Plan:
     return Plan(cfg, estimate, applied, fits)
 
 
+# Rounds of measurement, each size once a round, a size's median kept: a shared machine that
+# stalls for a moment slows one round, not the plan (measured: one 0.2 s measurement per size
+# read the machine 2x slow once in 5 runs, and the plan cut the study to its smallest).
+SPEED_ROUNDS = 3
+# A size whose 8 timed steps (measure_throughput's least) take this long is measured once: its
+# steps already average a stall out, and more rounds of a large model cost seconds each.
+ONE_ROUND_S = 0.5
+
+
 def measure_speed(workload: Workload, batch_sizes: Sequence[int], eval_batch_size: int,
                   seed: int = 0) -> Speed:
     """Seconds per training step at each batch size and per evaluated sample, on scratch models
-    made (and shuffled) as the stages make theirs."""
+    made (and shuffled) as the stages make theirs: the median of ``SPEED_ROUNDS`` rounds."""
     from tuner.train import evaluate  # the training path, only when measuring
 
     splits = workload.splits
-    step_s = {}
-    for bs in sorted(set(batch_sizes)):
-        if bs > len(splits.train):
-            continue
-        step_s[bs] = 1.0 / workload.steps_per_second(bs, seed=seed,
-                                                     min_seconds=THROUGHPUT_SECONDS)
+    sizes = [bs for bs in sorted(set(batch_sizes)) if bs <= len(splits.train)]
+    rounds: dict[int, list[float]] = {bs: [] for bs in sizes}
+    evals: list[float] = []
     model = workload.new_model(seed)
     evaluate(model, splits.val, eval_batch_size)  # warm-up
-    t0 = time.perf_counter()
-    passes = 0
-    while time.perf_counter() - t0 < THROUGHPUT_SECONDS / 3 or passes < 2:
+    for _ in range(SPEED_ROUNDS):
+        for bs in sizes:
+            if rounds[bs] and 8 * rounds[bs][0] >= ONE_ROUND_S:
+                continue
+            rounds[bs].append(1.0 / workload.steps_per_second(
+                bs, seed=seed, min_seconds=THROUGHPUT_SECONDS / SPEED_ROUNDS))
+        t0 = time.perf_counter()
         evaluate(model, splits.val, eval_batch_size)
-        passes += 1
-    return Speed(step_s, (time.perf_counter() - t0) / (passes * len(splits.val)))
+        evals.append((time.perf_counter() - t0) / len(splits.val))
+    return Speed({bs: statistics.median(v) for bs, v in rounds.items()}, statistics.median(evals))
 
 
 def fit_to_budget(cfg: StudyConfig, budget_s: float, workload: Workload) -> Plan:

@@ -41,6 +41,8 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from tuner.lr_range import Reading
+
 
 class ConfigError(ValueError):
     """A study file or a configuration value is invalid."""
@@ -234,7 +236,7 @@ class LRRangeConfig:
     # where the max LR is read: "minimum", the validation minimum's LR (the paper's); "rise",
     # the LR where the loss has climbed back half-way from that minimum, / 2.83: the minimum's
     # place along a flat bottom wanders 2.8x from seed to seed, the climb's 1.1x
-    reading: Literal["rise", "minimum"] = "rise"
+    reading: Reading = "rise"
 
     @model_validator(mode="after")
     def _end_above_start(self) -> Self:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 
 class NoUsableMinimum(ValueError):
@@ -168,11 +168,13 @@ def decide_range(val_lrs: Sequence[float], val_losses: Sequence[float], min_lr_d
     return LRRange(max_lr / min_lr_div, max_lr, why)
 
 
+Reading = Literal["rise", "minimum"]  # lr_range.reading
+
 # The "rise" reading: the LR at which the validation loss has climbed back RISE_FRACTION of the
 # way from its minimum to its first value, over RISE_RATIO. The minimum's own place is chance
 # along a flat bottom (MNIST-1D CNN, five seeds: 0.063-0.17, 2.8x apart); the climb is steep, so
 # its LR is not (0.203-0.216, 1.06x; two MLPs 1.06x and 1.12x). Over those 15 tests the climb's
-# LR was 1.2-5.5x the minimum's, median 2.8: RISE_RATIO = 2 sqrt(2) puts the reading where the
+# LR was 1.2-5.5x the minimum's, median 2.86: RISE_RATIO = 2 sqrt(2) puts the reading where the
 # minimum lies on average.
 RISE_FRACTION = 0.5
 RISE_RATIO = 2 * math.sqrt(2)
@@ -216,7 +218,7 @@ def rise_range(val_lrs: Sequence[float], val_losses: Sequence[float], min_lr_div
     return LRRange(max_lr / min_lr_div, max_lr, why)
 
 
-def read_range(curve: RangeCurve, reading: str, min_lr_div: float = 10.0) -> LRRange:
+def read_range(curve: RangeCurve, reading: Reading, min_lr_div: float = 10.0) -> LRRange:
     """The range of ``curve`` by the configured ``reading`` ("rise": ``rise_range``;
     "minimum": ``decide_range``, the paper's). Raises ``NoUsableMinimum``."""
     read = rise_range if reading == "rise" else decide_range

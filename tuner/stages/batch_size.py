@@ -190,7 +190,10 @@ def resolve_budget(ctx: Context, study: optuna.Study, sizes: Sequence[int]) -> B
         missing = [b for b in sorted({*sizes, ref}) if b not in rates and b not in infeasible]
         if missing:
             measured, failed = measure_rates(ctx, missing)
-            rates.update({b: r for b, r in measured.items() if b in missing})
+            # Sizes added on a resume are measured beside the reference now, against its stored
+            # rate: scaled by stored / now, each keeps its ratio to the reference as measured.
+            scale = rates[ref] / measured[ref] if ref in rates else 1.0
+            rates.update({b: r * scale for b, r in measured.items() if b in missing})
             infeasible.update(failed)
             study.set_user_attr(THROUGHPUT_ATTR, {str(b): r for b, r in sorted(rates.items())})
             study.set_user_attr(INFEASIBLE_ATTR, {str(b): w for b, w in infeasible.items()})
