@@ -115,7 +115,7 @@ def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
 
 def test_the_max_lr_inputs_are_cut_after_everything_else() -> None:
     names = [name for name, _cut in budget.cuts()]
-    last_other = names.index("the reference batch size only (no batch-size runs)")
+    last_other = names.index("momentum and weight-decay runs of 12 epochs")
     max_lr_inputs = [n for n in names if n.startswith(("range tests", "LR-check runs"))]
     assert max_lr_inputs and all(names.index(n) > last_other for n in max_lr_inputs)
     # the LR check keeps its runs' length while it loses seeds: its ranking depends on length

@@ -156,6 +156,19 @@ def test_with_one_seed_the_margin_is_the_noise() -> None:
     assert keep_preferred(trials(rows), 0.141, 0.03).value == 0.2
 
 
+def test_of_factors_that_tie_below_the_preferred_the_nearest_is_taken() -> None:
+    # one seed (MNIST-1D CNN at a 60 s budget): x0.71 and x1 both beat x1.41 by far, and differ
+    # from each other by less than the margin: x1, nearer x1.41, not the lowest x0.71
+    rows: dict[float, list[float] | str] = {0.053: [0.22], 0.075: [0.23], 0.106: [0.30],
+                                            0.15: [0.33]}
+    choice = keep_preferred(trials(rows), 0.106, 0.1)
+    assert choice.value == 0.075
+    assert "0.075 (0.23) is within the noise of that and nearer 0.106" in choice.why
+    # ... but one that beats the others by more than the noise is taken as before
+    rows[0.053] = [0.15]
+    assert keep_preferred(trials(rows), 0.106, 0.1).value == 0.053
+
+
 def test_a_diverged_preferred_factor_gives_way() -> None:
     choice = keep_preferred(trials({0.1: [0.30, 0.31], 0.141: "diverged"}), 0.141, 0.05)
     assert choice.value == 0.1

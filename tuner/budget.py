@@ -78,7 +78,9 @@ def cuts() -> list[tuple[str, Callable[[StudyConfig], StudyConfig]]]:
     LR check's ranking depends on its runs' length, not only its noise: at 12 epochs x1.41 had
     the lowest loss on 5 of 5 seeds, at 20 and 30 epochs x1 did (4 of 5, 3 of 3), and x1 is
     what a 40-epoch training wants. So its runs keep their length and lose seeds only; momentum
-    and weight decay, which move the result less, are cut first.
+    and weight decay, which move the result less, are cut first, their runs to 12 epochs only
+    after the batch sizes (short runs favour high momentum and weak decay: at 60 s, 12-epoch
+    runs chose momentum 0.99 and decay 1e-5 in one search of three, 94.7%).
 
     The batch sizes keep being compared at a final training's time (a shorter horizon favours
     large batches, which get more epochs in it, and ranks them as the final training would not);
@@ -90,10 +92,10 @@ def cuts() -> list[tuple[str, Callable[[StudyConfig], StudyConfig]]]:
         ("batch sizes within 4x of the reference",
          _sizes(lambda b, ref: ref <= 4 * b and b <= 4 * ref)),
         ("one seed per LR-check factor", _limit(("lr_check",), repeats=1)),
-        ("momentum and weight-decay runs of 12 epochs", _limit(mom_wd, epochs=12)),
         ("batch sizes within 2x of the reference",
          _sizes(lambda b, ref: ref <= 2 * b and b <= 2 * ref)),
         ("the reference batch size only (no batch-size runs)", _sizes(lambda b, ref: False)),
+        ("momentum and weight-decay runs of 12 epochs", _limit(mom_wd, epochs=12)),
         ("range tests from 2 seeds", _limit(("lr_range",), repeats=2)),
         ("LR-check runs of 20 epochs", _limit(("lr_check",), epochs=20)),
         ("range tests from 1 seed", _limit(("lr_range",), repeats=1)),

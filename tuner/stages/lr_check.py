@@ -90,19 +90,30 @@ def mean_metric(trial: FrozenTrial) -> float | None:
     return statistics.fmean(values)
 
 
+def _beats(a: FrozenTrial, b: FrozenTrial, margin: float) -> tuple[bool, float]:
+    """Whether ``a``'s loss is lower than ``b``'s by more than the noise: the larger of the
+    standard error of their per-seed differences (``noise``) and ``margin`` x ``b``'s loss;
+    and that threshold."""
+    threshold = max(noise(a.user_attrs.get("val_losses", []),
+                          b.user_attrs.get("val_losses", [])), margin * b.value)
+    return b.value - a.value > threshold, threshold
+
+
 def keep_preferred(trials: Sequence[FrozenTrial], preferred: float, margin: float,
                    label: str = "max LR") -> GridChoice:
     """The lowest mean final validation loss (``decide_grid``), unless the trial at
-    ``preferred`` comes within the noise of it: the larger of the standard error of the per-seed
-    differences (``noise``) and ``margin`` x the preferred loss; or unless its validation metric
-    (accuracy) is lower than the preferred one's. Then ``preferred``.
+    ``preferred`` comes within the noise of it (``_beats``); or unless the winner's validation
+    metric (accuracy) is lower than the preferred one's. Then ``preferred``. And when several
+    factors beat ``preferred`` and tie with each other (none beats the lowest by more than the
+    noise), the one nearest ``preferred`` of them.
 
     Short runs from two or three seeds rank neighbouring LRs by chance (measured: the same
     pair's x1 and x1.41 swapped places between two runs of this stage, 0.5 points of test
-    accuracy apart), so a grid point other than the calibrated one must win by more than that.
-    And loss and accuracy can disagree: a net that overfits (an MLP 256x3 on MNIST-1D) had a
-    lower validation loss at x2 on every run while scoring 1.3 points less on test, so leaving
-    the calibrated multiple takes both.
+    accuracy apart; with one seed, x0.71 and x1 of a CNN swapped), so a grid point other than
+    the calibrated one must win by more than that, and among those that tie the one least far
+    from it is taken. And loss and accuracy can disagree: a net that overfits (an MLP 256x3 on
+    MNIST-1D) had a lower validation loss at x2 on every run while scoring 1.3 points less on
+    test, so leaving the calibrated multiple takes both.
     """
     choice = decide_grid(trials, "max_lr", label)
     pref = next((t for t in trials if scored(t) and math.isclose(t.params["max_lr"], preferred)),
@@ -110,22 +121,29 @@ def keep_preferred(trials: Sequence[FrozenTrial], preferred: float, margin: floa
     if pref is None or math.isclose(choice.value, preferred):
         return choice
     best = next(t for t in trials if t.params["max_lr"] == choice.value)
-    threshold = max(noise(best.user_attrs.get("val_losses", []),
-                          pref.user_attrs.get("val_losses", [])), margin * pref.value)
-    gain = pref.value - best.value
+    wins, threshold = _beats(best, pref, margin)
     kept = (f"{label} {value_text(preferred)} kept: {value_text(choice.value)}'s loss "
             f"{best.value:.4g}")
-    if gain <= threshold:
+    if not wins:
         return GridChoice(preferred, f"{kept} is within the noise {threshold:.3g} of its "
                                      f"{pref.value:.4g} ({choice.why})")
-    metric, pref_metric = mean_metric(best), mean_metric(pref)
+    tied = [t for t in trials if scored(t) and t is not pref and _beats(t, pref, margin)[0]
+            and not _beats(best, t, margin)[0]]
+    near = min(tied, key=lambda t: (abs(math.log(t.params["max_lr"] / preferred)), t.value))
+    nearer = ""
+    if near is not best:
+        nearer = (f"; {value_text(near.params['max_lr'])} ({near.value:.4g}) is within the noise "
+                  f"of that and nearer {value_text(preferred)}")
+    metric, pref_metric = mean_metric(near), mean_metric(pref)
     if metric is not None and pref_metric is not None and metric < pref_metric:
+        taken = value_text(near.params["max_lr"])
         return GridChoice(preferred, f"{kept} beat its {pref.value:.4g} by more than the noise "
-                                     f"{threshold:.3g}, but its validation metric was lower "
-                                     f"({metric:.4g} against {pref_metric:.4g}): loss and metric "
-                                     f"disagree ({choice.why})")
-    return GridChoice(choice.value, f"{choice.why}; it beat {value_text(preferred)} by "
-                                    f"{gain:.3g}, more than the noise {threshold:.3g}")
+                                     f"{threshold:.3g}{nearer}, but {taken}'s validation metric "
+                                     f"was lower ({metric:.4g} against {pref_metric:.4g}): loss "
+                                     f"and metric disagree ({choice.why})")
+    return GridChoice(near.params["max_lr"],
+                      f"{choice.why}; it beat {value_text(preferred)} by "
+                      f"{pref.value - best.value:.3g}, more than the noise {threshold:.3g}{nearer}")
 
 
 def choose(ctx: Context, trials: Sequence[FrozenTrial], label: str) -> GridChoice:
