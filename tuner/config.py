@@ -257,7 +257,8 @@ class LRCheckConfig:
     # too: for a model whose cliff is close above the reading
     factors: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (0.71, 1.0, 1.41, 2.0)
     # the factor kept unless another beats it by more than the noise between seeds (the
-    # calibration's typical best multiple); one of factors
+    # calibration's typical best multiple); one of factors. Of several that beat it and tie with
+    # each other, the nearest it is taken
     prefer: PosFloat = 1.41
     # the least a win must be, as a share of the preferred factor's loss, whatever the seeds say:
     # one short run's final loss moved 5-18% from seed to seed on the calibration pairs (as the
