@@ -41,7 +41,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
-from tuner.lr_range import Reading
+Reading = Literal["rise", "minimum"]  # where lr_range reads the max LR (tuner.lr_range)
 
 
 class ConfigError(ValueError):

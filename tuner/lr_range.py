@@ -21,7 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from tuner.config import Reading
 
 
 class NoUsableMinimum(ValueError):
@@ -167,8 +170,6 @@ def decide_range(val_lrs: Sequence[float], val_losses: Sequence[float], min_lr_d
            f"{max_lr:.3g}, min LR = max / {min_lr_div:g}")
     return LRRange(max_lr / min_lr_div, max_lr, why)
 
-
-Reading = Literal["rise", "minimum"]  # lr_range.reading
 
 # The "rise" reading: the LR at which the validation loss has climbed back RISE_FRACTION of the
 # way from its minimum to its first value, over RISE_RATIO. The minimum's own place is chance
