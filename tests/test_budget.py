@@ -94,10 +94,9 @@ def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
     assert sum(plan.estimated_s.values()) <= budget.PLAN_SHARE * 0.6 * full
     order = [name for name, _cut in budget.cuts()]
     assert plan.applied == order[:len(plan.applied)]
-    assert plan.config.momentum.repeats == plan.config.weight_decay.repeats == 1  # the first cut
-    # the max LR's inputs are cut last: the range test keeps its seeds, the LR check its length
-    assert plan.config.lr_range.repeats == StudyConfig().lr_range.repeats
-    assert plan.config.lr_check.epochs == StudyConfig().lr_check.epochs
+    assert plan.config.lr_range.repeats == 2  # the first cut
+    assert plan.config.momentum.repeats == plan.config.weight_decay.repeats == 1
+    assert plan.config.lr_check.repeats == 1
     assert plan.config.refine.total_s == pytest.approx(0.6 * full)
     # the cut-down study is a valid study whose estimate is the one reported
     assert budget.stage_seconds(plan.config, SPEED, SIZES) == plan.estimated_s
@@ -111,15 +110,6 @@ def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
     assert plan.config.lr_range.repeats == plan.config.lr_check.repeats == 1
     assert plan.config.batch_size.values == (32,)  # the reference alone: no batch-size runs
     assert plan.estimated_s["batch_size"] == 0.0
-
-
-def test_the_max_lr_inputs_are_cut_after_everything_else() -> None:
-    names = [name for name, _cut in budget.cuts()]
-    last_other = names.index("momentum and weight-decay runs of 12 epochs")
-    max_lr_inputs = [n for n in names if n.startswith(("range tests", "LR-check runs"))]
-    assert max_lr_inputs and all(names.index(n) > last_other for n in max_lr_inputs)
-    # the LR check keeps its runs' length while it loses seeds: its ranking depends on length
-    assert names.index("one seed per LR-check factor") < names.index("LR-check runs of 20 epochs")
 
 
 def test_fewer_batch_sizes_keep_those_nearest_the_reference() -> None:
