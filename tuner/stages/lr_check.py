@@ -4,8 +4,7 @@
 ``lr_range.min_lr_div``) every later stage uses is x1.41 (``lr_check.prefer``), unless another
 factor's mean final validation loss beats it by more than the noise between seeds
 (``keep_preferred``; of several that tie, the nearest x1.41): the check confirms the calibrated
-multiple or moves off it. x0.71 is
-there for a model whose cliff is close above the reading.
+multiple or moves off it. x0.71 is there for a model whose cliff is close above the reading.
 
 Why: the range test's reading is a floor, not the 1cycle optimum. A rising-LR test is short and
 fast, and short horizons prefer small LRs (Wu et al. 2018); 1cycle's long warm-up tolerates more.
