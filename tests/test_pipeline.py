@@ -13,7 +13,13 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
-from tuner.config import FinalConfig, LRCheckConfig, LRRangeConfig, WeightDecayConfig
+from tuner.config import (
+    FinalConfig,
+    LRCheckConfig,
+    LRRangeConfig,
+    RefineConfig,
+    WeightDecayConfig,
+)
 from tuner.context import Context, Workload
 from tuner.lr_range import NoUsableMinimum
 from tuner.stages import NAMES, STAGES
@@ -92,6 +98,26 @@ def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:
     # optuna-dashboard names each study's objective in the stage's words
     assert {n: s.metric_names for n, s in by_stage.items()} == {
         s.name: [s.metric] for s in STAGES}
+
+
+def test_stages_the_refinement_replaces_run_nothing_and_it_searches_their_grids(
+        tmp_path: Path, mnist1d_splits) -> None:  # noqa: ANN001
+    url = f"sqlite:///{tmp_path}/t.db"
+    cfg = tiny_config(refine=RefineConfig(total_s=6.0, lr_factor=2.0,
+                                          replaces=("lr_check", "momentum", "weight_decay")))
+    result = tuner.run(cfg, storage=url, splits=mnist1d_splits)
+    by_stage = studies(url, "tiny")
+    for name in ("lr_check", "momentum", "weight_decay"):
+        assert by_stage[name].trials == [], name
+        assert "no runs: the refinement searches" in result.decisions[name].why, name
+    assert result.decisions["lr_check"].factor == pytest.approx(cfg.lr_check.prefer)
+    refined = by_stage["refine"].trials
+    assert refined[0].params["max_momentum"] == cfg.lr_check.max_momentum  # where it starts
+    dist = refined[0].distributions
+    assert sorted(dist["max_momentum"].choices) == sorted(cfg.momentum.values)
+    assert sorted(dist["weight_decay"].choices) == sorted(cfg.weight_decay.values)
+    assert result.momentum in cfg.momentum.values
+    assert result.weight_decay in cfg.weight_decay.values
 
 
 def test_final_length_epochs_keeps_final_epochs(tmp_path: Path, mnist1d_splits) -> None:

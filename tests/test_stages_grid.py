@@ -10,7 +10,7 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.config import StudyConfig
+from tuner.config import RefineConfig, StudyConfig
 from tuner.context import Context, Workload
 from tuner.stages import momentum, weight_decay
 from tuner.stages.base import HParams, Sizes, Speed, Stage
@@ -232,3 +232,26 @@ def test_weight_decay_stage_uses_the_chosen_momentum(
         assert (hp.max_momentum, hp.min_momentum) == (0.9, 0.85)
         assert (hp.min_lr, hp.max_lr) == (0.0282, 0.282)
         assert (repeats, epochs) == (cfg.weight_decay.repeats, cfg.weight_decay.epochs)
+
+
+@pytest.mark.parametrize("stage", [momentum.STAGE, weight_decay.STAGE], ids=lambda s: s.name)
+def test_a_grid_the_refinement_replaces_runs_nothing(
+        stage: Stage, mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    cfg = tiny_config(refine=RefineConfig(total_s=60.0, replaces=(stage.name,)))
+    monkeypatch.setattr(Context, "repeated_run", lambda *a, **k: pytest.fail("no runs"))
+    ctx = Context(cfg.resolved(), Workload(mnist1d_splits, lambda: None, torch.device("cpu")),  # type: ignore[arg-type,return-value]
+                  optuna.storages.InMemoryStorage(), "x",
+                  {"lr_range": RANGE, "lr_check": CHECKED, "momentum": MOMENTUM})
+    study = optuna.create_study(storage=ctx.storage, study_name=f"x/{stage.name}")
+    decision = stage.run(ctx, study)
+    assert study.trials == []
+    # planned as one run per value: what the refinement's search needs at least to cover them
+    one_seed = dataclasses.replace(getattr(cfg.resolved(), stage.name), repeats=1)
+    assert stage.cost(cfg, SPEED, SIZES) == pytest.approx(grid_seconds(cfg, one_seed, SPEED, SIZES))
+    # the starting value: the LR check's momentum, the weight decay held while it ran
+    if stage.name == "momentum":
+        assert decision.max_momentum == cfg.lr_check.max_momentum
+    else:
+        assert decision.weight_decay == cfg.resolved().momentum.weight_decay
+    grid = ", ".join(f"{v:.3g}" for v in getattr(cfg.resolved(), stage.name).values)
+    assert f"no runs: the refinement searches across {grid}" in decision.why

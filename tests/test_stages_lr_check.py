@@ -4,6 +4,7 @@ the training loss's valley when the validation loss gives no minimum."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import optuna
@@ -12,7 +13,7 @@ import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from tuner.config import LRCheckConfig
+from tuner.config import LRCheckConfig, RefineConfig
 from tuner.context import Context, Workload
 from tuner.lr_range import NoUsableMinimum, RangeCurve, valley_range
 from tuner.stages import lr_check
@@ -72,6 +73,24 @@ def test_one_factor_is_the_reading_without_runs(mnist1d_splits,  # noqa: ANN001
     decision = lr_check.STAGE.run(ctx, study)
     assert (decision.min_lr, decision.max_lr, decision.factor) == (0.01, 0.1, 1.0)
     assert "no runs" in decision.why and not study.trials
+
+
+def test_a_check_the_refinement_replaces_starts_it_at_the_preferred_factor(
+        mnist1d_splits, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(Context, "repeated_run", lambda *a, **k: pytest.fail("no runs"))
+    cfg = tiny_config(lr_check=LRCheckConfig(factors=(0.71, 1.0, 1.41, 2.0), prefer=1.41),
+                      refine=RefineConfig(total_s=60.0, replaces=("lr_check",)))
+    ctx = context(mnist1d_splits, cfg)
+    study = optuna.create_study(storage=ctx.storage, study_name="x/lr_check")
+    decision = lr_check.STAGE.run(ctx, study)
+    assert (decision.max_lr, decision.factor) == (pytest.approx(0.141), pytest.approx(1.41))
+    assert decision.min_lr == pytest.approx(0.0141)
+    assert "no runs: the refinement searches across 0.071, 0.1, 0.141, 0.2" in decision.why
+    assert not study.trials
+    one_seed = dataclasses.replace(cfg.lr_check, repeats=1)  # the refinement's runs of them
+    speed, sizes = Speed({64: 0.003}, 3e-6), Sizes(3200, 800)
+    assert lr_check.STAGE.cost(cfg, speed, sizes) == pytest.approx(
+        grid_seconds(cfg, one_seed, speed, sizes))
 
 
 def test_cost_is_a_grid_of_the_factors_or_nothing() -> None:

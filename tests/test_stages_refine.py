@@ -65,6 +65,24 @@ def test_box_around_the_staged_values(tmp_path: Path, mnist1d_splits) -> None:  
     assert box.decays == [0.0, 1e-4]
 
 
+def test_a_replaced_stage_is_searched_over_its_whole_grid(tmp_path: Path,  # noqa: ANN001
+                                                          mnist1d_splits) -> None:
+    ctx, _ = context(tmp_path, mnist1d_splits, 10.0)
+    cfg = ctx.config
+    grids = cfg.replace(momentum=dataclasses.replace(cfg.momentum, values=(0.99, 0.95, 0.9)),
+                        weight_decay=dataclasses.replace(cfg.weight_decay,
+                                                         values=(1e-3, 1e-4, 1e-5, 0.0)))
+    ctx = dataclasses.replace(ctx, config=grids)
+    assert refine.box(ctx, refine.staged(ctx)).momenta == [0.9, 0.95]  # neighbours of 0.9
+    assert refine.box(ctx, refine.staged(ctx)).decays == [1e-5, 1e-4, 1e-3]
+    joint = grids.replace(refine=dataclasses.replace(grids.refine,
+                                                     replaces=("momentum", "weight_decay")))
+    box = refine.box(dataclasses.replace(ctx, config=joint), refine.staged(ctx))
+    assert box.momenta == [0.9, 0.95, 0.99]
+    assert box.decays == [0.0, 1e-5, 1e-4, 1e-3]
+    assert (box.lr_low, box.lr_high) == (pytest.approx(0.075), pytest.approx(0.3))
+
+
 def test_off_by_default_passes_the_staged_values_through(tmp_path: Path,  # noqa: ANN001
                                                           mnist1d_splits) -> None:
     ctx, study = context(tmp_path, mnist1d_splits, 0.0)

@@ -42,6 +42,8 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
 Reading = Literal["rise", "minimum"]  # where lr_range reads the max LR (tuner.lr_range)
+# stages whose runs the refinement can take over (refine.replaces)
+Replaceable = Literal["lr_check", "momentum", "weight_decay"]
 
 
 class ConfigError(ValueError):
@@ -340,6 +342,19 @@ class RefineConfig:
     # max LR searched within [staged / factor, staged * factor]
     lr_factor: Annotated[Float, Field(gt=1)] = 2.0
     max_trials: Count = 0  # stop after this many trials too; 0 = only the time limit
+    # Stages that run no trials and leave their value to the refinement, which then searches it
+    # over the stage's whole grid (momentum.values, weight_decay.values; the max LR's box covers
+    # lr_check.factors): what a --budget too small for two seeds per grid value does. They
+    # decide their starting value: lr_check.prefer x the reading, lr_check.max_momentum,
+    # momentum.weight_decay.
+    replaces: tuple[Replaceable, ...] = ()
+
+    @model_validator(mode="after")
+    def _replacing_needs_time(self) -> Self:
+        if self.replaces and self.total_s <= 0:
+            raise ValueError(f"replaces={list(self.replaces)} needs total_s > 0 (the refinement "
+                             f"searches their values), but got total_s={self.total_s!r}.")
+        return self
 
 
 @_section("final")
@@ -435,9 +450,15 @@ def _key(parts: tuple[str | int, ...]) -> str:
 
 
 def _annotation(cls: type, names: tuple[str | int, ...]) -> Any:
-    """The type of the field ``names`` lead to from ``cls`` (``cls`` itself for none)."""
+    """The type of the field ``names`` lead to from ``cls`` (``cls`` itself for none); an index
+    leads to a tuple's item type."""
     for name in names:
-        cls = cls.__pydantic_fields__[name].annotation  # type: ignore[attr-defined]
+        while typing.get_origin(cls) is Annotated:
+            cls = typing.get_args(cls)[0]
+        if isinstance(name, int):
+            cls = typing.get_args(cls)[0]
+        else:
+            cls = cls.__pydantic_fields__[name].annotation  # type: ignore[attr-defined]
     return cls
 
 

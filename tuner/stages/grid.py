@@ -1,9 +1,14 @@
 """A grid stage: one value per trial from a config section's ``values``, each trial the mean of
 ``repeats`` short 1cycle runs of ``epochs`` epochs at the reference batch size; the value with
-the lowest final validation loss wins. Momentum and weight decay are two instances."""
+the lowest final validation loss wins. Momentum and weight decay are two instances.
+
+A stage named in ``refine.replaces`` runs no trials: it decides its starting value and the
+refinement searches its whole grid, jointly with the others (``tuner.budget`` does this when a
+budget leaves one run per value, which ranks values by chance)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -97,22 +102,38 @@ def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[
                decide: Callable[[Context, float, str], D],
                wording: Callable[[StudyConfig], str] | None = None,
                values: Callable[[Context], Sequence[float]] | None = None,
-               choose: Callable[[Context, Sequence[FrozenTrial], str], GridChoice] | None = None
-               ) -> Stage[D]:
+               choose: Callable[[Context, Sequence[FrozenTrial], str], GridChoice] | None = None,
+               start: Callable[[Context], float] | None = None) -> Stage[D]:
     """A ``Stage`` that runs ``settings(cfg).values`` as a grid of ``param``.
 
     ``hparams(ctx, value)`` gives a trial's run; ``decide(ctx, value, why)`` the decision;
     ``wording(cfg)`` names the value in the log and the decision (default ``label``);
     ``values(ctx)`` the grid when it depends on earlier decisions (default
     ``settings(cfg).values``, which also sizes the cost estimate); ``choose(ctx, trials,
-    wording)`` picks the value (default ``decide_grid``: the lowest mean final loss).
+    wording)`` picks the value (default ``decide_grid``: the lowest mean final loss);
+    ``start(ctx)`` the value taken without runs when ``refine.replaces`` names the stage.
     """
+
+    def replaced_section(section: GridSettings) -> GridSettings:
+        # Replaced, the stage runs nothing, but its values still cost the refinement one run
+        # each at least (what its joint search needs to cover them): planned as one seed.
+        return dataclasses.replace(section, repeats=1)  # type: ignore[type-var]
+
+    def replaced(cfg: StudyConfig) -> bool:
+        return start is not None and name in cfg.refine.replaces
 
     def run(ctx: Context, study: optuna.Study) -> D:
         cfg = ctx.config
         section = settings(cfg)
         grid = list(values(ctx)) if values is not None else list(section.values)
         words = wording(cfg) if wording is not None else label
+        if replaced(cfg):
+            assert start is not None
+            value = start(ctx)
+            return decide(ctx, value, f"{words} {value_text(value)} to start from, no runs: the "
+                                      f"refinement searches across "
+                                      f"{', '.join(map(value_text, grid))} jointly with the other "
+                                      f"values (refine.replaces)")
         ctx.epoch_steps(cfg.train.batch_size)  # a clear error before any trial is stored
 
         def objective(trial: Trial) -> float:
@@ -131,6 +152,7 @@ def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[
 
     return Stage(name=name, title=title, decision=decision, run=run,
                  reports=lambda ctx: settings(ctx.config).epochs,
-                 cost=lambda cfg, speed, sizes: grid_seconds(cfg, settings(cfg.resolved()), speed,
-                                                             sizes),
+                 cost=lambda cfg, speed, sizes: grid_seconds(
+                     cfg, replaced_section(settings(cfg.resolved())) if replaced(cfg)
+                     else settings(cfg.resolved()), speed, sizes),
                  param=param, param_label=label)

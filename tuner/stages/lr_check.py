@@ -5,6 +5,8 @@
 factor's mean final validation loss beats it by more than the noise between seeds
 (``keep_preferred``; of several that tie, the nearest x1.41): the check confirms the calibrated
 multiple or moves off it. x0.71 is there for a model whose cliff is close above the reading.
+Named in ``refine.replaces``, it runs nothing and starts the refinement at x1.41, whose max-LR
+box (x/2 to x2 of that: x0.71 to x2.83) spans the factors.
 
 Why: the range test's reading is a floor, not the 1cycle optimum. A rising-LR test is short and
 fast, and short horizons prefer small LRs (Wu et al. 2018); 1cycle's long warm-up tolerates more.
@@ -167,7 +169,8 @@ def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
 _GRID = grid_stage(
     name="lr_check", title="Max LR check", param="max_lr", label="max LR",
     decision=LRDecision, settings=lambda cfg: cfg.lr_check, hparams=hparams, decide=decide,
-    values=candidates, choose=choose)
+    values=candidates, choose=choose,
+    start=lambda ctx: ctx.decision(RangeDecision).max_lr * ctx.config.lr_check.prefer)
 # Not pruned (only a diverging run stops early): at the same epoch of 1cycle a larger max LR is
 # still at a larger LR, its validation loss higher until the last epochs; a pruner comparing runs
 # step by step stops the larger LRs before they anneal (measured: x1.41 and x2 pruned at epoch

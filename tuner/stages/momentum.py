@@ -38,4 +38,5 @@ STAGE = grid_stage(
     decide=lambda ctx, value, why: MomentumDecision(
         max_momentum=value, min_momentum=ctx.config.momentum.min_momentum,
         optimizer=ctx.config.train.optimizer, why=why),
-    wording=lambda cfg: "max momentum" if cfg.train.optimizer == "sgd" else "max beta1")
+    wording=lambda cfg: "max momentum" if cfg.train.optimizer == "sgd" else "max beta1",
+    start=lambda ctx: ctx.config.lr_check.max_momentum)  # the LR check's, the paper's 0.95

@@ -4,8 +4,10 @@ Stages 1-4 each decide one value with the others held fixed, from a curve (the r
 grid, and the batch-size stage re-derives the LR for the chosen size. The refinement checks the
 combination itself: its first trial is the staged result, then Optuna's TPE samples the max LR
 log-uniformly within ``lr_factor`` of it, momentum and weight decay among the staged values and
-their neighbours in the stage grids, at the chosen batch size, each trial a short 1cycle run (as
-long as the momentum stage's runs take at the reference size) pruned as the grids are. It stops
+their neighbours in the stage grids (the whole grid of a stage named in ``replaces``, which ran
+no trials and left its value to this search), at the chosen batch size, each trial a short
+1cycle run (as long as the momentum stage's runs take at the reference size) pruned as the
+grids are. It stops
 before the tuning stages (1-4 and this one) would pass ``total_s`` seconds in all (or after
 ``max_trials``). ``total_s = 0`` (the default) skips it: the staged values pass through
 unchanged.
@@ -80,6 +82,11 @@ def neighbours(values: Sequence[float], chosen: float) -> list[float]:
     return grid[max(0, i - 1):i + 2]
 
 
+def around(values: Sequence[float], chosen: float, whole: bool) -> list[float]:
+    """The whole grid with ``chosen`` (``whole``), else ``neighbours``."""
+    return sorted(set(values) | {chosen}) if whole else neighbours(values, chosen)
+
+
 def staged(ctx: Context) -> HParams:
     """The values stages 1-4 chose (the batch-size stage's LR range for the chosen size)."""
     size, mom = ctx.decision(BatchSizeDecision), ctx.decision(MomentumDecision)
@@ -90,7 +97,8 @@ def staged(ctx: Context) -> HParams:
 def box(ctx: Context, base: HParams) -> Box:
     """Max LR within ``lr_factor`` of the staged one (for a batch larger than the reference, no
     higher than the batch-size stage's linear-scaling cap), momentum and weight decay among the
-    staged values and their grid neighbours."""
+    staged values and their grid neighbours (the whole grid of a stage the refinement
+    replaces)."""
     cfg = ctx.config
     f = cfg.refine.lr_factor
     high = base.max_lr * f
@@ -99,8 +107,9 @@ def box(ctx: Context, base: HParams) -> Box:
         cap = linear_cap(ctx.decision(LRDecision).max_lr, bs, ref)
         high = min(high, max(base.max_lr, cap))
     return Box(base.max_lr / f, high,
-               neighbours(cfg.momentum.values, base.max_momentum),
-               neighbours(cfg.weight_decay.values, base.weight_decay))
+               around(cfg.momentum.values, base.max_momentum, "momentum" in cfg.refine.replaces),
+               around(cfg.weight_decay.values, base.weight_decay,
+                      "weight_decay" in cfg.refine.replaces))
 
 
 def run_epochs(ctx: Context) -> int:

@@ -32,4 +32,5 @@ def hparams(ctx: Context, weight_decay: float) -> HParams:
 STAGE = grid_stage(
     name="weight_decay", title="Weight decay", param="weight_decay", label="weight decay",
     decision=WeightDecayDecision, settings=lambda cfg: cfg.weight_decay, hparams=hparams,
-    decide=lambda _ctx, value, why: WeightDecayDecision(weight_decay=value, why=why))
+    decide=lambda _ctx, value, why: WeightDecayDecision(weight_decay=value, why=why),
+    start=lambda ctx: ctx.config.momentum.weight_decay)  # held in stages 1b and 2
