@@ -118,6 +118,10 @@ def test_stages_the_refinement_replaces_run_nothing_and_it_searches_their_grids(
     assert sorted(dist["weight_decay"].choices) == sorted(cfg.weight_decay.values)
     assert result.momentum in cfg.momentum.values
     assert result.weight_decay in cfg.weight_decay.values
+    # the report shows the stages that ran nothing by their decision alone
+    from tuner.report import write_report
+    html = write_report(url, path=tmp_path / "r.html").read_text()
+    assert "no runs: the refinement searches" in html
 
 
 def test_final_length_epochs_keeps_final_epochs(tmp_path: Path, mnist1d_splits) -> None:
