@@ -458,14 +458,20 @@ def _environment_html(info: RunInfo) -> str:
 def render_html(info: RunInfo) -> str:
     """The report page: summary, one section per stage with its figure, configuration."""
     sections = []
-    titles = {s.stage: s.title for s in info.stages}
-    for i, (stage, why, fig) in enumerate(figures(info)):
-        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{stage}",
-                          config=PLOT_CONFIG, default_width="100%",
-                          default_height=f"{fig.layout.height or 460}px")
-        sections.append(f'<section id="{stage}"><h2>{i + 1}. {html.escape(titles[stage])}</h2>'
-                        f'<p class=why>{html.escape(why)}</p><div class=figure>{div}</div>'
-                        f"</section>")
+    drawn = {stage: (why, fig) for stage, why, fig in figures(info)}
+    for s in info.stages:
+        if s.stage in drawn:
+            why, fig = drawn[s.stage]
+            div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{s.stage}",
+                              config=PLOT_CONFIG, default_width="100%",
+                              default_height=f"{fig.layout.height or 460}px")
+            body = f'<p class=why>{html.escape(why)}</p><div class=figure>{div}</div>'
+        elif s.status == "done" and s.why:  # decided without runs to draw (refine.replaces)
+            body = f"<p class=why>{html.escape(s.why)}</p>"
+        else:
+            continue
+        sections.append(f'<section id="{s.stage}"><h2>{len(sections) + 1}. '
+                        f"{html.escape(s.title)}</h2>{body}</section>")
     created = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     version = info.tool.get("version")
     started = f" · run started by tuner {html.escape(str(version))}" if version else ""
