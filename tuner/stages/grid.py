@@ -114,11 +114,6 @@ def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[
     ``start(ctx)`` the value taken without runs when ``refine.replaces`` names the stage.
     """
 
-    def replaced_section(section: GridSettings) -> GridSettings:
-        # Replaced, the stage runs nothing, but its values still cost the refinement one run
-        # each at least (what its joint search needs to cover them): planned as one seed.
-        return dataclasses.replace(section, repeats=1)  # type: ignore[type-var]
-
     def replaced(cfg: StudyConfig) -> bool:
         return start is not None and name in cfg.refine.replaces
 
@@ -127,8 +122,7 @@ def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[
         section = settings(cfg)
         grid = list(values(ctx)) if values is not None else list(section.values)
         words = wording(cfg) if wording is not None else label
-        if replaced(cfg):
-            assert start is not None
+        if start is not None and replaced(cfg):
             value = start(ctx)
             return decide(ctx, value, f"{words} {value_text(value)} to start from, no runs: the "
                                       f"refinement searches across "
@@ -150,9 +144,12 @@ def grid_stage(*, name: str, title: str, param: str, label: str, decision: type[
                   else decide_grid(trials, param, words))
         return decide(ctx, choice.value, choice.why)
 
+    def cost(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> float:
+        section = settings(cfg.resolved())
+        if replaced(cfg):  # no runs here, but the refinement's search needs one per value
+            section = dataclasses.replace(section, repeats=1)  # type: ignore[type-var]
+        return grid_seconds(cfg, section, speed, sizes)
+
     return Stage(name=name, title=title, decision=decision, run=run,
-                 reports=lambda ctx: settings(ctx.config).epochs,
-                 cost=lambda cfg, speed, sizes: grid_seconds(
-                     cfg, replaced_section(settings(cfg.resolved())) if replaced(cfg)
-                     else settings(cfg.resolved()), speed, sizes),
+                 reports=lambda ctx: settings(ctx.config).epochs, cost=cost,
                  param=param, param_label=label)

@@ -7,10 +7,9 @@ log-uniformly within ``lr_factor`` of it, momentum and weight decay among the st
 their neighbours in the stage grids (the whole grid of a stage named in ``replaces``, which ran
 no trials and left its value to this search), at the chosen batch size, each trial a short
 1cycle run (as long as the momentum stage's runs take at the reference size) pruned as the
-grids are. It stops
-before the tuning stages (1-4 and this one) would pass ``total_s`` seconds in all (or after
-``max_trials``). ``total_s = 0`` (the default) skips it: the staged values pass through
-unchanged.
+grids are. It stops before the tuning stages (1-4 and this one) would pass ``total_s`` seconds
+in all (or after ``max_trials``). ``total_s = 0`` (the default) skips it: the staged values
+pass through unchanged.
 
 The staged result is kept unless a trial beats it, and a win must hold on a second seed. Each
 trial is one run from one seed, and the best of a dozen noisy runs is partly the luckiest one
