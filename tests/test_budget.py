@@ -95,13 +95,16 @@ def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
     order = [name for name, _cut in budget.cuts()]
     assert plan.applied == order[:len(plan.applied)]
     assert plan.config.lr_range.repeats == 2  # the first cut
-    # then the grids that one seed per value would rank by chance go to the refinement
-    assert plan.config.refine.replaces == ("momentum", "weight_decay")
+    # then the grids that one seed per value would rank by chance go to the refinement, the LR
+    # check with momentum and weight decay (its winner holds only at the values it held)
+    assert plan.config.refine.replaces == ("lr_check", "momentum", "weight_decay")
     # ... planned as one run per value: the refinement's search needs those at least
     one_seed = grid_seconds(cfg, dataclasses.replace(cfg.momentum, repeats=1), SPEED, SIZES)
     assert plan.estimated_s["momentum"] == plan.estimated_s["weight_decay"] == pytest.approx(
         one_seed)
-    # ... before the LR check loses a seed: it keeps its runs
+    assert plan.estimated_s["lr_check"] == pytest.approx(
+        grid_seconds(cfg, dataclasses.replace(cfg.lr_check, repeats=1), SPEED, SIZES))
+    # ... and the grids' settings themselves are not cut: no run is shortened
     assert plan.config.lr_check == StudyConfig().lr_check
     assert plan.config.refine.total_s == pytest.approx(0.85 * full)
     # the cut-down study is a valid study whose estimate is the one reported
@@ -112,7 +115,7 @@ def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
     plan = budget.plan(StudyConfig(), 1.0, SPEED, SIZES)
     assert not plan.fits
     assert len(plan.applied) == len(budget.cuts())
-    assert plan.config.refine.replaces == ("momentum", "weight_decay", "lr_check")
+    assert plan.config.refine.replaces == ("lr_check", "momentum", "weight_decay")
     assert plan.config.lr_range.repeats == 1  # the last cut: one seed's reading moves 2.9x
     # no run is shortened: the refinement's runs are as long as the grids' would have been
     assert plan.config.momentum.epochs == StudyConfig().momentum.epochs
