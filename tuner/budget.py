@@ -43,7 +43,15 @@ def stage_seconds(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> dict[str, flo
     """Estimated seconds of the planned stages (those with a cost: 1-4), upper bounds: no early
     stop, no pruning. Each stage estimates its own."""
     cfg = cfg.resolved()
-    return {s.name: s.cost(cfg, speed, sizes) for s in STAGES if s.cost is not None}
+    seconds = {s.name: s.cost(cfg, speed, sizes) for s in STAGES if s.cost is not None}
+    # The grids the refinement replaces are searched jointly, each of its runs a value of every
+    # one of them: they need as many runs as the largest has values (its cost, one run per
+    # value), not the sum of all of them.
+    joint = [name for name in seconds if name in cfg.refine.replaces]
+    if joint:
+        largest = max(joint, key=seconds.__getitem__)
+        seconds.update({name: 0.0 for name in joint if name != largest})
+    return seconds
 
 
 def _capped(section: object, **limits: int) -> object:
