@@ -95,45 +95,24 @@ def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
     order = [name for name, _cut in budget.cuts()]
     assert plan.applied == order[:len(plan.applied)]
     assert plan.config.lr_range.repeats == 2  # the first cut
-    # then the grids that one seed per value would rank by chance go to the refinement, the LR
-    # check with momentum and weight decay (its winner holds only at the values it held)
-    assert plan.config.refine.replaces == ("lr_check", "momentum", "weight_decay")
-    # ... planned as one run per value of the largest of them: the refinement searches them
-    # jointly (each run a value of every one) and needs those runs at least
-    one_seed = grid_seconds(cfg, dataclasses.replace(cfg.lr_check, repeats=1), SPEED, SIZES)
-    assert plan.estimated_s["lr_check"] == pytest.approx(one_seed)
-    assert plan.estimated_s["momentum"] == plan.estimated_s["weight_decay"] == 0.0
-    # ... and the grids' settings themselves are not cut: no run is shortened
+    # then the grids that one seed per value would rank by chance go to the refinement
+    assert plan.config.refine.replaces == ("momentum", "weight_decay")
+    # ... planned as one run per value: the refinement's search needs those at least
+    one_seed = grid_seconds(cfg, dataclasses.replace(cfg.momentum, repeats=1), SPEED, SIZES)
+    assert plan.estimated_s["momentum"] == plan.estimated_s["weight_decay"] == pytest.approx(
+        one_seed)
+    # ... before the LR check loses a seed: it keeps its runs
     assert plan.config.lr_check == StudyConfig().lr_check
     assert plan.config.refine.total_s == pytest.approx(0.85 * full)
     # the cut-down study is a valid study whose estimate is the one reported
     assert budget.stage_seconds(plan.config, SPEED, SIZES) == plan.estimated_s
 
 
-def test_replaced_grids_are_planned_as_one_joint_search() -> None:
-    cfg = StudyConfig().resolved()  # the optimizer's weight-decay grid filled in
-    one_run_each = {name: grid_seconds(cfg, dataclasses.replace(getattr(cfg, name), repeats=1),
-                                       SPEED, SIZES) for name in ("momentum", "weight_decay")}
-    longer = cfg.replace(weight_decay=dataclasses.replace(cfg.weight_decay, epochs=60),
-                         refine=RefineConfig(total_s=100.0, replaces=("momentum",
-                                                                      "weight_decay")))
-    seconds = budget.stage_seconds(longer, SPEED, SIZES)
-    # the largest replaced grid's runs cover the others' values too
-    assert seconds["weight_decay"] == pytest.approx(2 * one_run_each["weight_decay"])
-    assert seconds["momentum"] == 0.0
-    # a stage not replaced keeps its whole cost
-    assert seconds["lr_check"] == pytest.approx(grid_seconds(cfg, cfg.lr_check, SPEED, SIZES))
-    # one replaced grid alone: its one run per value
-    alone = cfg.replace(refine=RefineConfig(total_s=100.0, replaces=("momentum",)))
-    assert budget.stage_seconds(alone, SPEED, SIZES)["momentum"] == pytest.approx(
-        one_run_each["momentum"])
-
-
 def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
     plan = budget.plan(StudyConfig(), 1.0, SPEED, SIZES)
     assert not plan.fits
     assert len(plan.applied) == len(budget.cuts())
-    assert plan.config.refine.replaces == ("lr_check", "momentum", "weight_decay")
+    assert plan.config.refine.replaces == ("momentum", "weight_decay", "lr_check")
     assert plan.config.lr_range.repeats == 1  # the last cut: one seed's reading moves 2.9x
     # no run is shortened: the refinement's runs are as long as the grids' would have been
     assert plan.config.momentum.epochs == StudyConfig().momentum.epochs

@@ -2,9 +2,9 @@
 
 The stages' costs are estimated from throughputs measured on this machine (seconds per training
 step at each candidate batch size, seconds per evaluated sample), then the study is cut down one
-step at a time in a fixed order until stages 1-4 fit: fewer range-test repeats, the LR check and
-the momentum and weight-decay grids left to the refinement's joint search, fewer batch sizes
-(``cuts``).
+step at a time in a fixed order until stages 1-4 fit: fewer range-test repeats, the momentum and
+weight-decay grids and then the LR check left to the refinement's joint search, fewer batch
+sizes (``cuts``).
 Whatever stages 1-4 leave goes to the refinement (``refine.total_s`` = the budget). The
 estimates are upper bounds: a range test that diverges early and a pruned run cost less, and the
 refinement takes up the slack.
@@ -43,15 +43,7 @@ def stage_seconds(cfg: StudyConfig, speed: Speed, sizes: Sizes) -> dict[str, flo
     """Estimated seconds of the planned stages (those with a cost: 1-4), upper bounds: no early
     stop, no pruning. Each stage estimates its own."""
     cfg = cfg.resolved()
-    seconds = {s.name: s.cost(cfg, speed, sizes) for s in STAGES if s.cost is not None}
-    # The grids the refinement replaces are searched jointly, each of its runs a value of every
-    # one of them: they need as many runs as the largest has values (its cost, one run per
-    # value), not the sum of all of them.
-    joint = [name for name in seconds if name in cfg.refine.replaces]
-    if joint:
-        largest = max(joint, key=seconds.__getitem__)
-        seconds.update({name: 0.0 for name in joint if name != largest})
-    return seconds
+    return {s.name: s.cost(cfg, speed, sizes) for s in STAGES if s.cost is not None}
 
 
 def _capped(section: object, **limits: int) -> object:
@@ -95,26 +87,21 @@ def cuts() -> list[tuple[str, Callable[[StudyConfig], StudyConfig]]]:
     with the others: a pruned TPE search over the same values runs more points in the same time
     and must confirm its winner on a second seed (``tuner/stages/refine.py``).
 
-    The LR check goes with them: its winner is the best max LR at the momentum and weight decay
-    it held, and once those are searched the max LR must move with them (the best max LR depends
-    on the weight decay: Smith 2018, section 4.4). Measured on the MNIST-1D CNN at 120 s: a check
-    kept with its three seeds chose 0.066-0.074 at weight decay 1e-4 in three searches of five,
-    and the refinement's search, confined to within 2x of that, kept it; the retraining at the
-    1e-3 the search found wants 0.093-0.13 (bench/README.md).
-
     The batch sizes keep being compared at a final training's time (a shorter horizon favours
     large batches, which get more epochs in it, and ranks them as the final training would not);
-    fewer sizes are compared instead, the ones nearest the reference kept. The range test keeps
-    two seeds to the last (one seed's reading moved 2.9x from seed to seed)."""
+    fewer sizes are compared instead, the ones nearest the reference kept. They go before the LR
+    check: each size is one run, and the max LR is what every later stage is measured at. The
+    range test keeps two seeds to the last (one seed's reading moved 2.9x from seed to seed)."""
     return [
         ("range tests from 2 seeds", _limit(("lr_range",), repeats=2)),
-        ("the LR check, momentum and weight decay left to the refinement (no grid runs)",
-         _replace("lr_check", "momentum", "weight_decay")),
+        ("momentum and weight decay left to the refinement (no grid runs)",
+         _replace("momentum", "weight_decay")),
         ("batch sizes within 4x of the reference",
          _sizes(lambda b, ref: ref <= 4 * b and b <= 4 * ref)),
         ("batch sizes within 2x of the reference",
          _sizes(lambda b, ref: ref <= 2 * b and b <= 2 * ref)),
         ("the reference batch size only (no batch-size runs)", _sizes(lambda b, ref: False)),
+        ("the LR check left to the refinement (no check runs)", _replace("lr_check")),
         ("range tests from 1 seed", _limit(("lr_range",), repeats=1)),
     ]
 
