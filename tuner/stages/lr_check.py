@@ -13,9 +13,8 @@ and short horizons prefer small LRs (Wu et al. 2018); 1cycle's long warm-up tole
 Measured on six model/data pairs (``bench/lr_calibration.py``): on the five MNIST-1D and digits
 pairs 1cycle's best max LR was 1.4-2x the validation minimum, and runs fell off a cliff from
 about 2.8x; on CIFAR-10's 3-layer net (10k images) it was 0.5x, and the check's x0.71 of the rise
-reading landed in the best band. The paper
-confirms momentum with short runs; this stage does the same for the max LR, so the value that
-goes on is one the 1cycle runs chose, not a reading.
+reading landed in the best band. The paper confirms momentum with short runs; this stage does
+the same for the max LR, so the value that goes on is one the 1cycle runs chose, not a reading.
 """
 
 from __future__ import annotations
