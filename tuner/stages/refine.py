@@ -17,7 +17,9 @@ trial is one run from one seed, and the best of a dozen noisy runs is partly the
 weight decay 1e-5 and scored 95.0% on test, where the staged 1e-3 scored 96%). So the winner and
 the staged values are each run once more from the next seed (trials tagged ``repeat = 1``, not
 pruned; their time is kept free in the budget), and the winner replaces the staged values only
-if its mean final validation loss over the two seeds is lower.
+if it beats them again on that second seed. The second seed alone decides: the first seed's
+run is the one the winner was picked for, so its lead there is partly luck (the winner's curse),
+and a mean over both seeds carries half of that luck into the comparison.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ def rerun_loss(trials: Sequence[FrozenTrial], of: FrozenTrial) -> float | None:
 def decide(trials: Sequence[FrozenTrial], base: HParams, min_lr_div: float,
            seconds: float) -> RefineDecision:
     """The search trial with the lowest final validation loss, if it also beats the staged
-    values on the mean over two seeds (its confirmation); the staged values otherwise."""
+    values on the second seed (both rerun from it); the staged values otherwise."""
     search = search_trials(trials)
     complete = [t for t in search if scored(t)]
     n = len(search)
@@ -263,12 +265,13 @@ def decide(trials: Sequence[FrozenTrial], base: HParams, min_lr_div: float,
             return keep(f"{found} beat the staged values from one seed ({best.value:.4g} "
                         f"against {first.value:.4g}) but was not confirmed from a second: the "
                         f"staged values")
-        mean, staged_mean = (best.value + again) / 2, (first.value + staged_again) / 2
-        if not mean < staged_mean:
-            return keep(f"the staged values kept the lower validation loss over two seeds "
-                        f"({staged_mean:.4g} against {mean:.4g} for {found}, the best of "
-                        f"{n - 1} refinement trial(s) from one seed) in {seconds:.0f} s")
-        versus = f"{mean:.4g} over two seeds against the staged values' {staged_mean:.4g}"
+        if not again < staged_again:
+            return keep(f"the staged values kept the lower validation loss on the second seed "
+                        f"({staged_again:.4g} against {again:.4g} for {found}, the best of "
+                        f"{n - 1} refinement trial(s) from the first: {best.value:.4g} against "
+                        f"{first.value:.4g}) in {seconds:.0f} s")
+        versus = (f"{again:.4g} on the second seed against the staged values' "
+                  f"{staged_again:.4g} (first seed: {best.value:.4g} against {first.value:.4g})")
     else:
         versus = f"{best.value:.4g} (staged values: pruned or diverged)"
     values = dataclasses.replace(base, min_lr=p["max_lr"] / min_lr_div, max_lr=p["max_lr"],
