@@ -92,7 +92,7 @@ def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
     assert plan.fits
     # planned with headroom: the machine's speed may change after it was measured
     assert sum(plan.estimated_s.values()) <= budget.PLAN_SHARE * 0.85 * full
-    order = [name for name, _cut in budget.cuts()]
+    order = [cut.name for cut in budget.cuts()]
     assert plan.applied == order[:len(plan.applied)]
     assert plan.config.lr_range.repeats == 2  # the first cut
     # then the grids that one seed per value would rank by chance go to the refinement
@@ -111,18 +111,34 @@ def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
 def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
     plan = budget.plan(StudyConfig(), 1.0, SPEED, SIZES)
     assert not plan.fits
-    assert len(plan.applied) == len(budget.cuts())
+    order = [cut.name for cut in budget.cuts()]
+    assert plan.applied == [c.name for c in budget.cuts() if not c.last_resort]
     assert plan.config.refine.replaces == ("momentum", "weight_decay", "lr_check")
-    assert plan.config.lr_range.repeats == 1  # the last cut: one seed's reading moves 2.9x
+    # one seed's reading moves 2.9x: the range test keeps two when one would not fit either
+    assert plan.config.lr_range.repeats == 2
+    assert order[-1] == "range tests from 1 seed"
     # no run is shortened: the refinement's runs are as long as the grids' would have been
     assert plan.config.momentum.epochs == StudyConfig().momentum.epochs
     assert plan.config.batch_size.values == (32,)  # the reference alone: no batch-size runs
     assert plan.estimated_s["batch_size"] == 0.0
 
 
+def test_the_one_seed_range_test_only_where_it_makes_the_plan_fit() -> None:
+    cfg = StudyConfig()
+    smallest = budget.plan(cfg, 1.0, SPEED, SIZES).config
+    two_seeds = sum(budget.stage_seconds(smallest, SPEED, SIZES).values())
+    one_seed = smallest.replace(lr_range=dataclasses.replace(smallest.lr_range, repeats=1))
+    one = sum(budget.stage_seconds(one_seed, SPEED, SIZES).values())
+    assert one < two_seeds
+    # a budget that fits with one seed and not with two: the last cut is applied
+    fitting = budget.plan(cfg, (one + two_seeds) / 2 / budget.PLAN_SHARE, SPEED, SIZES)
+    assert fitting.fits and fitting.config.lr_range.repeats == 1
+    assert fitting.applied[-1] == "range tests from 1 seed"
+
+
 def test_fewer_batch_sizes_keep_those_nearest_the_reference() -> None:
     cfg = StudyConfig()
-    cut = dict(budget.cuts())
+    cut = {c.name: c.apply for c in budget.cuts()}
     assert cut["batch sizes within 4x of the reference"](cfg).batch_size.values == (32, 64, 128)
     assert cut["batch sizes within 2x of the reference"](cfg).batch_size.values == (32, 64)
     # the comparison stays at a final training's time: the budget per size is not cut
