@@ -103,7 +103,7 @@ def cuts() -> list[Cut]:
     gives the second up only where that makes the plan fit: a range test costs a few seconds,
     less than one refinement run, and the reading is what the whole search is centred on
     (measured at 60 s on a machine too slow for any plan to fit: with one seed, one search of
-    five centred on a reading of 0.026 and scored 94.0%)."""
+    five ended at a max LR of 0.036 and scored 94.0%; with two, none below 0.074)."""
     return [
         Cut("range tests from 2 seeds", _limit(("lr_range",), repeats=2)),
         Cut("momentum and weight decay left to the refinement (no grid runs)",
