@@ -1,5 +1,6 @@
 # make tune: set up .venv if missing, then run the full auto-tune on the default study.
-# make test: set up .venv if missing, then run the whole test suite (what .ci/run calls).
+# make test: set up .venv if missing, then run the whole test suite, slow tests too (.ci/run).
+# make test-fast: the default suite (plain pytest), without the slow tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,11 +19,12 @@ $(VENV)/.installed: pyproject.toml
 tune: setup
 	$(BIN)/tuner run $(STUDY)
 
+# A later -m overrides pyproject's addopts (-m 'not slow', the default suite).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "slow or not slow"
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check .

@@ -128,6 +128,7 @@ def test_workers_enqueueing_together_enqueue_each_point_once(pg_url: str) -> Non
     assert len(trials) == len(points)
 
 
+@pytest.mark.slow  # six kill-and-resume rounds: about a minute
 def test_sigkill_at_six_moments_each_rerun_completes(tmp_path: Path) -> None:
     """Kill the single-process run during the range test, in each grid stage (the LR check
     included) and during final training; every rerun carries on and no finished trial is run
