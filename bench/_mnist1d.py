@@ -1,11 +1,14 @@
-"""What the MNIST-1D benchmarks share: the data, one 1cycle training run, test scoring."""
+"""What the MNIST-1D benchmarks share: the data, one 1cycle training run, test scoring (of the
+published CNN unless another ``model_fn`` is given)."""
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from tuner.config import DataConfig, ScheduleConfig
 from tuner.data import Splits, concat, load_splits
@@ -39,10 +42,12 @@ def splits() -> Splits:
     return load_splits(DataConfig())
 
 
-def train_one_cycle(choice: Choice, train, epochs: int, seed: int, on_epoch=None):  # noqa: ANN001, ANN201
-    """Train a fresh MNIST-1D CNN with 1cycle; ``on_epoch(epoch, model)`` after each epoch."""
+def train_one_cycle(choice: Choice, train, epochs: int, seed: int, on_epoch=None,  # noqa: ANN001, ANN201
+                    model_fn: Callable[[], nn.Module] = mnist1d_cnn):
+    """Train a fresh ``model_fn()`` (the MNIST-1D CNN) with 1cycle; ``on_epoch(epoch, model)``
+    after each epoch."""
     torch.manual_seed(seed)
-    model = mnist1d_cnn()
+    model = model_fn()
     optimizer = make_sgd(model, choice.lr_min, choice.momentum, choice.weight_decay)
     per_epoch = len(train) // choice.batch_size
     total = per_epoch * epochs
@@ -61,12 +66,13 @@ def train_one_cycle(choice: Choice, train, epochs: int, seed: int, on_epoch=None
     return model
 
 
-def test_accuracy(choice: Choice, data: Splits, epochs: int, seeds: list[int]
+def test_accuracy(choice: Choice, data: Splits, epochs: int, seeds: list[int],
+                  model_fn: Callable[[], nn.Module] = mnist1d_cnn
                   ) -> tuple[float, float, list[float]]:
     """Retrain on train + validation once per seed; mean and sd of test accuracy."""
     train = concat(data.train, data.val)
     accs = []
     for seed in seeds:
-        model = train_one_cycle(choice, train, epochs, seed)
+        model = train_one_cycle(choice, train, epochs, seed, model_fn=model_fn)
         accs.append(evaluate(model, data.test).metric)
     return statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0, accs
