@@ -115,6 +115,11 @@ def test_stages_the_refinement_replaces_run_nothing_and_it_searches_their_grids(
     assert result.decisions["lr_check"].factor == pytest.approx(cfg.lr_check.prefer)
     refined = by_stage["refine"].trials
     assert refined[0].params["max_momentum"] == cfg.lr_check.max_momentum  # where it starts
+    # then each value of the replaced grids once, at the start's max LR
+    start, covered = refined[0].params, refined[1:len(cfg.momentum.values)]
+    assert {t.params["max_momentum"] for t in refined[:len(cfg.momentum.values)]} == set(
+        cfg.momentum.values)
+    assert {t.params["max_lr"] for t in covered} == {start["max_lr"]}
     dist = refined[0].distributions
     assert sorted(dist["max_momentum"].choices) == sorted(cfg.momentum.values)
     assert sorted(dist["weight_decay"].choices) == sorted(cfg.weight_decay.values)

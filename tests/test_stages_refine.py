@@ -47,6 +47,34 @@ def test_neighbours_of_zero_weight_decay() -> None:
     assert refine.neighbours((1e-3, 1e-4, 1e-5, 0.0), 0.0) == [0.0, 1e-5]
 
 
+@pytest.mark.parametrize(("values", "chosen", "expected"), [
+    ((0.99, 0.97, 0.95, 0.9), 0.95, [0.97, 0.9, 0.99]),  # a tie: the one above first
+    ((1e-3, 1e-4, 1e-5, 0.0), 1e-4, [1e-3, 1e-5, 0.0]),
+    ((1e-3, 1e-4, 1e-5, 0.0), 0.0, [1e-5, 1e-4, 1e-3]),
+    ((0.9, 0.95), 0.97, [0.95, 0.9]),  # a value off the grid: the grid's values, nearest first
+])
+def test_nearest_first(values: tuple[float, ...], chosen: float, expected: list[float]) -> None:
+    assert refine.nearest_first(values, chosen) == expected
+
+
+def test_coverage_runs_each_value_of_the_replaced_grids_once_at_the_staged_lr() -> None:
+    base = HParams(min_lr=0.01, max_lr=0.1, max_momentum=0.95, min_momentum=0.85,
+                   weight_decay=1e-4, batch_size=32)
+    space = refine.Box(0.05, 0.2, [0.9, 0.95, 0.97, 0.99], [0.0, 1e-5, 1e-4, 1e-3])
+    both = refine.coverage(base, space, ("momentum", "weight_decay"))
+    assert [(p["max_momentum"], p["weight_decay"]) for p in both] == [
+        (0.97, 1e-3), (0.9, 1e-5), (0.99, 0.0)]
+    assert {p["max_lr"] for p in both} == {0.1}
+    # one grid replaced: only its values move; a shorter grid stays at its staged value
+    assert refine.coverage(base, space, ("weight_decay",)) == [
+        {"max_lr": 0.1, "max_momentum": 0.95, "weight_decay": v} for v in (1e-3, 1e-5, 0.0)]
+    short = space._replace(momenta=[0.95, 0.97])
+    assert [p["max_momentum"] for p in refine.coverage(base, short, ("momentum", "weight_decay"))
+            ] == [0.97, 0.95, 0.95]
+    assert refine.coverage(base, space, ()) == []
+    assert refine.coverage(base, space, ("lr_check",)) == []  # the max LR is the sampler's
+
+
 def context(tmp_path: Path, splits, total_s: float) -> tuple[Context, optuna.Study]:  # noqa: ANN001
     cfg = tiny_config(refine=RefineConfig(total_s=total_s, lr_factor=2.0))
     storage = open_storage(f"sqlite:///{tmp_path}/t.db")
