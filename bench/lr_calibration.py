@@ -3,8 +3,9 @@
 For each model/data pair: the tool's range test (``lr_range`` defaults, 3 seeds averaged, at the
 reference batch size) and its readings (validation minimum: the paper's max LR; divergence
 point; fastai's valley, steepest and minimum/10; the training-loss minimum); then a dense sweep
-of the 1cycle max LR, factors of sqrt(2) around the validation minimum (9 points, x1/4 ... x4),
-3 seeds each, at the stages' own settings (momentum 0.95 -> 0.85, weight decay 1e-4, batch 32,
+of the 1cycle max LR, factors of sqrt(2) around the validation minimum (9 points, x1/4 ... x4,
+and further out one step at a time while the best band reaches the sweep's edge), 3 seeds
+each, at the stages' own settings (momentum 0.95 -> 0.85, weight decay 1e-4, batch 32,
 ``--epochs`` 30), trained on train + validation and scored on the test split. Prints one
 markdown table per pair, the band within 0.3 points of the best, and which readings fall in
 it; ``--out DIR`` also writes the numbers (JSON) and an SVG of every curve.
@@ -13,6 +14,10 @@ Then the pipeline's choice: the tool's stages 1 and 1b (range test read by its d
 ``lr_range.reading``, LR check) with the default study on the pair, and the sweep's 1cycle
 training at the max LR they chose (same seeds), so its accuracy can be set beside the sweep's
 best. ``--sweeps results.json`` reuses sweeps measured before and measures only the choice.
+With ``--out DIR`` every measured point is saved as it comes (``DIR/results.json``; stages 1 and
+1b keep their trials in ``DIR/choice.db``), and a run started again with the same ``--out``
+resumes where the last one stopped: a pair that takes longer than one sitting (ResNet-20 on
+CPU) is measured in several.
 ``--stability N`` runs only stages 1 and 1b from N search seeds per pair and prints the spread
 of the max LRs they chose.
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from optuna.storages import RDBStorage
 from torch import nn
 
 from tuner.config import DataConfig, LRRangeConfig, ScheduleConfig, StudyConfig, TrainConfig
@@ -48,11 +55,12 @@ from tuner.schedules import LRMomentum, one_cycle
 from tuner.sources import Arrays, check_arrays
 from tuner.stages import lr_check, lr_range
 from tuner.stages.lr_check import LRDecision
-from tuner.storage import open_study
+from tuner.storage import open_storage, open_study, study_name
 from tuner.train import evaluate, fit, make_sgd
 
 BATCH, MOMENTUM, MIN_MOMENTUM, WEIGHT_DECAY = 32, 0.95, 0.85, 1e-4  # the stages' own
-FACTORS = [2 ** (k / 2) for k in range(-4, 5)]  # x1/4 ... x4 in steps of sqrt(2)
+STEPS = range(-4, 5)  # the sweep: the reading x sqrt(2)**k, x1/4 ... x4
+EDGES = (-8, 10)  # ... extended one step at a time to x1/16 or x32 where the best lies at an edge
 BAND = 0.003  # within 0.3 points of the best
 
 
@@ -171,7 +179,7 @@ class Choice:
 @dataclass
 class Result:
     pair: str
-    readings: Readings
+    readings: Readings | None  # None: not measured yet (a checkpoint)
     lrs: list[float] = field(default_factory=list)
     accuracies: list[list[float]] = field(default_factory=list)  # per LR, per seed
     seconds: float = 0.0
@@ -225,14 +233,16 @@ def one_cycle_accuracy(pair: Pair, data: Splits, max_lr: float, epochs: int, see
     return evaluate(model, data.test).metric
 
 
-def checked_lr(pair: Pair, data: Splits, seed: int
+def checked_lr(pair: Pair, data: Splits, seed: int,
+               storage: optuna.storages.BaseStorage | None = None, run: str = "calibration"
                ) -> tuple[LRDecision, list[list[float]], list[list[float]]]:
     """Stages 1 and 1b of the tool, default study (reference batch 32, SGD), on the pair; and
     per checked max LR [max LR, each seed's final validation loss...] (none: pruned), and the
-    same with the validation accuracies."""
+    same with the validation accuracies. With a database ``storage`` an interrupted call resumes:
+    the trials done are kept, as in ``tuner run``."""
     cfg = StudyConfig(train=TrainConfig(batch_size=BATCH, seed=seed))
     ctx = Context(cfg, Workload(data, pair.model, torch.device("cpu")),
-                  optuna.storages.InMemoryStorage(), "calibration")
+                  storage or optuna.storages.InMemoryStorage(), run)
     for stage in (lr_range.STAGE, lr_check.STAGE):
         pruner = ctx.pruner(stage.reports(ctx)) if stage.reports is not None else None
         study = open_study(ctx.storage, ctx.run, stage, pruner)
@@ -260,39 +270,110 @@ def stability(name: str, pair: Pair, seeds: int) -> None:
           f"| {max(readings) / min(readings):.2f} | {max(lrs) / min(lrs):.2f} |", flush=True)
 
 
-def pipeline_choice(pair: Pair, data: Splits, epochs: int, seeds: list[int]) -> Choice:
+def trial_seconds(storage: optuna.storages.BaseStorage, run: str) -> float:
+    """Seconds the finished trials of stages 1 and 1b took (over every sitting of a resumed run;
+    a run cut off by an interruption is not counted)."""
+    total = 0.0
+    for stage in (lr_range.STAGE, lr_check.STAGE):
+        study = optuna.load_study(study_name=study_name(run, stage.name), storage=storage)
+        total += sum((t.datetime_complete - t.datetime_start).total_seconds()
+                     for t in study.trials if t.datetime_complete and t.datetime_start)
+    return total
+
+
+def pipeline_choice(pair: Pair, data: Splits, epochs: int, seeds: list[int], name: str,
+                    before: Choice | None, save: Callable[[Choice], None],
+                    storage: optuna.storages.BaseStorage | None) -> Choice:
     """Stages 1 and 1b of the tool with the default study (reference batch 32, SGD) on the pair,
-    then the sweep's 1cycle training at the max LR they chose."""
-    t0 = time.perf_counter()
-    checked, check, metrics = checked_lr(pair, data, seeds[0])
-    seconds = time.perf_counter() - t0
-    accs = [one_cycle_accuracy(pair, data, checked.max_lr, epochs, s) for s in seeds]
-    print(f"  pipeline: range test {checked.reading:.4g}, checked max LR {checked.max_lr:.4g} "
-          f"({seconds:.0f} s): {100 * statistics.fmean(accs):.2f}%", flush=True)
-    return Choice(checked.reading, checked.max_lr, checked.why, accs, seconds, check, metrics)
+    then the sweep's 1cycle training at the max LR they chose; ``before`` (a checkpoint) is
+    completed, and ``save`` called after each step."""
+    choice = before
+    if choice is None:
+        storage = storage or optuna.storages.InMemoryStorage()
+        t0 = time.perf_counter()
+        checked, check, metrics = checked_lr(pair, data, seeds[0], storage, name)
+        seconds = (trial_seconds(storage, name) if isinstance(storage, RDBStorage)
+                   else time.perf_counter() - t0)
+        choice = Choice(checked.reading, checked.max_lr, checked.why, [], seconds, check, metrics)
+        save(choice)
+    for s in seeds[len(choice.accuracies):]:
+        choice.accuracies.append(one_cycle_accuracy(pair, data, choice.max_lr, epochs, s))
+        save(choice)
+    print(f"  pipeline: range test {choice.reading:.4g}, checked max LR {choice.max_lr:.4g} "
+          f"({choice.seconds:.0f} s): {100 * statistics.fmean(choice.accuracies):.2f}%",
+          flush=True)
+    return choice
 
 
-def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int],
-              sweep: Result | None = None) -> Result:
-    """The sweep (or ``sweep``, measured before) and the pipeline's choice."""
-    if sweep is not None:
-        data = pair.data()
-        sweep.choice = pipeline_choice(pair, data, pair.epochs or epochs, seeds)
-        return sweep
-    t0 = time.perf_counter()
+def center_of(readings: Readings) -> float:
+    """The sweep's middle: the validation-minimum reading (the valley where it has none)."""
+    return readings.val_min or readings.valley or 0.01
+
+
+def steps_of(lrs: list[float], center: float, name: str) -> list[int]:
+    """The steps k of stored sweep points (max LR = center x sqrt(2)**k); an error for a point
+    off that grid (a sweep measured around other readings)."""
+    steps = [round(2 * math.log2(lr / center)) for lr in lrs]
+    for lr, k in zip(lrs, steps, strict=True):  # 1e-3: a sweep read from a log has 4 digits
+        if not math.isclose(lr, center * 2 ** (k / 2), rel_tol=1e-3):
+            raise SystemExit(f"{name}: the stored sweep's max LR {lr:.4g} is not on the grid "
+                             f"{center:.4g} x sqrt(2)**k of its readings; was it measured with "
+                             f"other readings?")
+    return steps
+
+
+def next_step(points: dict[int, list[float]]) -> int | None:
+    """The next sweep point to measure (a step k), or None when the sweep is done: first the
+    planned ``STEPS``, lowest first; then, while the best band reaches an edge of the points
+    measured (the point there within ``BAND`` of the best), one step beyond that edge, the upper
+    edge first, as far as ``EDGES``: so the band is bracketed, not cut off by the sweep's range.
+    """
+    missing = [k for k in STEPS if k not in points]
+    if missing:
+        return missing[0]
+    means = {k: statistics.fmean(a) for k, a in points.items()}
+    best = max(means.values())
+    top, bottom = max(means), min(means)
+    if means[top] >= best - BAND and top < EDGES[1]:
+        return top + 1
+    if means[bottom] >= best - BAND and bottom > EDGES[0]:
+        return bottom - 1
+    return None
+
+
+def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int], result: Result | None = None,
+              save: Callable[[Result], None] = lambda _: None,
+              storage: optuna.storages.BaseStorage | None = None,
+              measure_sweep: bool = True) -> Result:
+    """The sweep and the pipeline's choice, completing ``result`` where it has them (a
+    checkpoint; ``measure_sweep=False``: its sweep as it is, measured before); ``save`` is called
+    after every measured point."""
     data = pair.data()
-    readings = read_range(pair, data, seeds)
-    center = readings.val_min or readings.valley or 0.01
-    result = Result(name, readings)
-    for factor in FACTORS:
-        lr = center * factor
-        accs = [one_cycle_accuracy(pair, data, lr, pair.epochs or epochs, s) for s in seeds]
-        result.lrs.append(lr)
-        result.accuracies.append(accs)
-        print(f"  {name}: max LR {lr:.4g}: {100 * statistics.fmean(accs):.2f}% "
-              f"({', '.join(f'{100 * a:.1f}' for a in accs)})", flush=True)
-    result.seconds = time.perf_counter() - t0
-    result.choice = pipeline_choice(pair, data, pair.epochs or epochs, seeds)
+    result = result or Result(name, None)
+    epochs = pair.epochs or epochs
+    if result.readings is None:
+        t0 = time.perf_counter()
+        result.readings = read_range(pair, data, seeds)
+        result.seconds += time.perf_counter() - t0
+        save(result)
+    center = center_of(result.readings)
+    points = dict(zip(steps_of(result.lrs, center, name), result.accuracies, strict=True))
+    while measure_sweep and (k := next_step(points)) is not None:
+        lr = center * 2 ** (k / 2)
+        t0 = time.perf_counter()
+        points[k] = [one_cycle_accuracy(pair, data, lr, epochs, s) for s in seeds]
+        result.seconds += time.perf_counter() - t0
+        print(f"  {name}: max LR {lr:.4g}: {100 * statistics.fmean(points[k]):.2f}% "
+              f"({', '.join(f'{100 * a:.1f}' for a in points[k])})", flush=True)
+        result.lrs = [center * 2 ** (k / 2) for k in sorted(points)]  # full precision
+        result.accuracies = [points[k] for k in sorted(points)]
+        save(result)
+
+    def keep(choice: Choice) -> None:
+        result.choice = choice
+        save(result)
+
+    result.choice = pipeline_choice(pair, data, epochs, seeds, name, result.choice, keep, storage)
     return result
 
 
@@ -344,8 +425,11 @@ def svg(results: list[Result]) -> str:
     w, h, pad, legend = 800, 360, 50, 150
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
+    factors = [lr / center_of(r.readings) for r in results for lr in r.lrs] or [1.0]
+    lo2, hi2 = min(-2.0, math.log2(min(factors))), max(2.0, math.log2(max(factors)))
+
     def x(f: float) -> float:
-        return pad + (math.log2(f) + 2) / 4 * (w - 2 * pad - legend)
+        return pad + (math.log2(f) - lo2) / (hi2 - lo2) * (w - 2 * pad - legend)
 
     def y(acc: float, lo: float) -> float:
         return h - pad - (acc - lo) / (1.0 - lo) * (h - 2 * pad)
@@ -356,11 +440,12 @@ def svg(results: list[Result]) -> str:
              f'<line x1="{x(1)}" y1="{pad}" x2="{x(1)}" y2="{h - pad}" stroke="#999" '
              f'stroke-dasharray="4"/>',
              f'<text x="{(w - legend) / 2}" y="{h - 10}" text-anchor="middle">max LR / '
-             f'range test\'s validation-minimum reading (log scale, x1/4 ... x4)</text>',
+             f'range test\'s validation-minimum reading (log scale, x{2 ** lo2:.3g} ... '
+             f'x{2 ** hi2:.3g})</text>',
              f'<text x="12" y="{pad - 15}">test accuracy (mean of seeds; axis from '
              f'{100 * lo:.0f}%)</text>']
     for i, r in enumerate(results):
-        center = r.readings.val_min or r.lrs[len(r.lrs) // 2]
+        center = center_of(r.readings)
         pts = " ".join(f"{x(lr / center):.1f},{y(statistics.fmean(a), lo):.1f}"
                        for lr, a in zip(r.lrs, r.accuracies, strict=True))
         color = colors[i % len(colors)]
@@ -375,11 +460,26 @@ def svg(results: list[Result]) -> str:
     return "\n".join(parts)
 
 
-def load_sweeps(path: Path) -> dict[str, Result]:
-    """The sweeps of a results.json, by pair (without their pipeline choice)."""
+def load_results(path: Path, with_choice: bool = True) -> dict[str, Result]:
+    """The pairs of a results.json, by pair (``with_choice=False``: their sweeps only)."""
     rows = json.loads(path.read_text())
-    return {r["pair"]: Result(r["pair"], Readings(**r["readings"]), r["lrs"], r["accuracies"],
-                              r["seconds"]) for r in rows}
+    return {r["pair"]: Result(r["pair"], r["readings"] and Readings(**r["readings"]), r["lrs"],
+                              r["accuracies"], r["seconds"],
+                              Choice(**r["choice"]) if with_choice and r["choice"] else None)
+            for r in rows}
+
+
+def sweep_from_log(text: str, name: str) -> Result:
+    """The sweep points a run printed for ``name`` (lines ``  name: max LR 0.01: 60.00% (59.9,
+    60.1)``; per-seed accuracies to 0.1 point), as a checkpoint without readings: a run killed
+    before it wrote one (older versions saved only at the end) resumes from its log."""
+    pattern = re.compile(rf"^  {re.escape(name)}: max LR ([0-9.e+-]+): [0-9.]+% \(([^)]*)\)$")
+    result = Result(name, None)
+    for match in map(pattern.match, text.splitlines()):
+        if match:
+            result.lrs.append(float(match[1]))
+            result.accuracies.append([float(a) / 100 for a in match[2].split(", ")])
+    return result
 
 
 def main() -> None:
@@ -395,6 +495,8 @@ def main() -> None:
     parser.add_argument("--stability", type=int, default=0, metavar="N",
                         help="instead: stages 1 and 1b from N search seeds per pair, and the "
                              "spread of their max LRs")
+    parser.add_argument("--from-log", type=Path, metavar="LOG",
+                        help="resume the pairs' sweeps from the points a killed run printed")
     parser.add_argument("--sweeps", type=Path,
                         help="a results.json measured before: its pairs' sweeps are reused, "
                              "only the pipeline's choice is measured")
@@ -402,25 +504,43 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     known = pairs(args.cifar)
-    before = load_sweeps(args.sweeps) if args.sweeps else {}
+    unknown = [name for name in args.pairs if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown pair(s) {', '.join(map(repr, unknown))}; pairs: "
+                         f"{', '.join(known)}")
+    before = load_results(args.sweeps, with_choice=False) if args.sweeps else {}
+    swept = set(before)  # their sweeps are kept as they are
+    checkpoint = args.out / "results.json" if args.out else None
+    # resume: what the last run measured is kept (and its other pairs stay in the file)
+    results = load_results(checkpoint) if checkpoint and checkpoint.is_file() else {}
+    before |= results
+    if args.from_log:
+        text = args.from_log.read_text()
+        before |= {name: sweep_from_log(text, name) for name in args.pairs if name not in before}
     if args.stability:
         print("| pair | range test max LR by seed | factor | checked max LR | spread of the "
               "readings | spread of the max LRs |\n|---|---|---|---|---|---|")
         for name in args.pairs:
             stability(name, known[name], args.stability)
         return
-    results = []
+    storage = open_storage(f"sqlite:///{args.out / 'choice.db'}") if args.out else None
+
+    def save(result: Result) -> None:
+        results[result.pair] = result
+        if checkpoint:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            tmp = checkpoint.with_suffix(".tmp")  # a kill mid-write leaves the last checkpoint
+            tmp.write_text(json.dumps([asdict(r) for r in results.values()], indent=1))
+            tmp.replace(checkpoint)
+
     for name in args.pairs:
-        if name not in known:
-            raise SystemExit(f"unknown pair {name!r}; pairs: {', '.join(known)}")
-        results.append(calibrate(name, known[name], args.epochs, list(range(args.seeds)),
-                                 before.get(name)))
-        print(table(results[-1]), "\n", flush=True)
+        result = calibrate(name, known[name], args.epochs, list(range(args.seeds)),
+                           before.get(name), save, storage,
+                           measure_sweep=name not in swept)
+        save(result)
+        print(table(result), "\n", flush=True)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results],
-                                                          indent=1))
-        (args.out / "curves.svg").write_text(svg(results))
+        (args.out / "curves.svg").write_text(svg(list(results.values())))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The calibration benchmark's sweep logic and checkpoints (no training here)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from bench.lr_calibration import (
+    BAND,
+    EDGES,
+    STEPS,
+    Choice,
+    Readings,
+    Result,
+    load_results,
+    next_step,
+    steps_of,
+    sweep_from_log,
+)
+
+
+def test_next_step_measures_the_planned_steps_first_lowest_first() -> None:
+    assert next_step({}) == STEPS[0]
+    assert next_step({k: [0.5] for k in STEPS if k != 2}) == 2
+
+
+def test_next_step_stops_when_both_edges_lie_below_the_band() -> None:
+    peaked = {k: [0.6 - 0.01 * abs(k)] for k in STEPS}  # best in the middle, edges 4 points down
+    assert next_step(peaked) is None
+
+
+def test_next_step_extends_past_the_edge_the_band_reaches_upper_first() -> None:
+    rising = {k: [0.5 + 0.01 * k] for k in STEPS}
+    assert next_step(rising) == STEPS[-1] + 1
+    rising[STEPS[-1] + 1] = [rising[STEPS[-1]][0] - 2 * BAND]  # falls: the top is bracketed
+    assert next_step(rising) is None
+    falling = {k: [0.5 - 0.01 * k] for k in STEPS}
+    assert next_step(falling) == STEPS[0] - 1
+    flat = {k: [0.6] for k in STEPS}  # the band reaches both edges: the upper one first
+    assert next_step(flat) == STEPS[-1] + 1
+
+
+def test_next_step_goes_no_further_than_the_edges() -> None:
+    flat = {k: [0.6] for k in range(EDGES[0], EDGES[1] + 1)}
+    assert next_step(flat) is None
+
+
+def test_steps_of_accepts_four_digit_lrs_and_refuses_points_off_the_grid() -> None:
+    center = 0.008258799387844268
+    assert steps_of([0.002065, 0.00292, center], center, "p") == [-4, -3, 0]
+    with pytest.raises(SystemExit, match=r"max LR 0\.0025 is not on the grid"):
+        steps_of([0.0025], center, "p")
+
+
+def test_sweep_from_log_reads_the_points_a_run_printed_for_its_pair() -> None:
+    log = ("  resnet20_5k: max LR 0.002065: 50.67% (50.6, 50.7, 50.6)\n"
+           "  other: max LR 0.1: 90.00% (90.0, 90.0, 90.0)\n"
+           "[I 2026-12-03 15:28:09,087] A new study created\n"
+           "  resnet20_5k: max LR 0.00292: 52.80% (52.5, 53.0, 52.8)\n")
+    result = sweep_from_log(log, "resnet20_5k")
+    assert result.readings is None  # measured again when the run resumes
+    assert result.lrs == [0.002065, 0.00292]
+    assert result.accuracies == [pytest.approx([0.506, 0.507, 0.506]),
+                                 pytest.approx([0.525, 0.530, 0.528])]
+
+
+def test_a_checkpoint_loads_back_as_it_was_saved(tmp_path) -> None:
+    readings = Readings(0.01, 1.0, 0.02, 0.003, 0.0004, 0.004)
+    choice = Choice(0.01, 0.014, "x1.41", [0.9], 12.0, [[0.014, 0.3]], [[0.014, 0.9]])
+    saved = [Result("a", readings, [0.01], [[0.9, 0.91]], 3.0, choice),
+             Result("b", None)]  # a pair whose readings were not measured yet
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([asdict(r) for r in saved]))
+    loaded = load_results(path)
+    assert loaded == {"a": saved[0], "b": saved[1]}
+    assert load_results(path, with_choice=False)["a"].choice is None
