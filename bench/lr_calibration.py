@@ -48,7 +48,7 @@ from torch import nn
 from tuner.config import DataConfig, LRRangeConfig, ScheduleConfig, StudyConfig, TrainConfig
 from tuner.context import Context, Workload
 from tuner.data import Splits, concat, load_splits, make_splits
-from tuner.lr_range import NoUsableMinimum, decide_range, mean_curve, suggestions
+from tuner.lr_range import NoUsableMinimum, decide_range, mean_curve, rise_range, suggestions
 from tuner.models import build_model
 from tuner.range_test import range_test
 from tuner.schedules import LRMomentum, one_cycle
@@ -60,7 +60,7 @@ from tuner.train import evaluate, fit, make_sgd
 
 BATCH, MOMENTUM, MIN_MOMENTUM, WEIGHT_DECAY = 32, 0.95, 0.85, 1e-4  # the stages' own
 STEPS = range(-4, 5)  # the sweep: the reading x sqrt(2)**k, x1/4 ... x4
-EDGES = (-8, 10)  # ... extended one step at a time to x1/16 or x32 where the best lies at an edge
+EDGES = (-8, 16)  # ... extended one step at a time to x1/16 or x256 where the best lies at an edge
 BAND = 0.003  # within 0.3 points of the best
 
 
@@ -161,6 +161,7 @@ class Readings:
     steepest: float | None
     minimum_div10: float | None
     train_min: float | None
+    rise: float | None = None  # the tool's default reading (lr_range.reading "rise")
 
 
 @dataclass
@@ -184,6 +185,9 @@ class Result:
     accuracies: list[list[float]] = field(default_factory=list)  # per LR, per seed
     seconds: float = 0.0
     choice: Choice | None = None
+    # the sweep grid's middle (its max LRs are center x sqrt(2)**k): the validation-minimum
+    # reading it was first measured around, kept when the readings are measured again
+    center: float | None = None
 
 
 def finite(x: float) -> float | None:
@@ -202,13 +206,14 @@ def read_range(pair: Pair, data: Splits, seeds: list[int]) -> Readings:
     curve = mean_curve(curves)
     try:
         val_min = decide_range(curve.val_lrs, curve.val_losses, cfg.min_lr_div).max_lr
+        rise = rise_range(curve.val_lrs, curve.val_losses, cfg.min_lr_div).max_lr
     except NoUsableMinimum:
-        val_min = None
+        val_min = rise = None
     rules = suggestions(curve.lrs, curve.train_losses, cfg.smooth)
     stop = curve.lrs[curve.stop_step - 1] if curve.stop_step else None
     minimum = finite(rules.minimum)
     return Readings(val_min, stop, finite(rules.valley), finite(rules.steepest), minimum,
-                    minimum * 10 if minimum else None)
+                    minimum * 10 if minimum else None, rise)
 
 
 def one_cycle_accuracy(pair: Pair, data: Splits, max_lr: float, epochs: int, seed: int) -> float:
@@ -344,10 +349,10 @@ def next_step(points: dict[int, list[float]]) -> int | None:
 def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int], result: Result | None = None,
               save: Callable[[Result], None] = lambda _: None,
               storage: optuna.storages.BaseStorage | None = None,
-              measure_sweep: bool = True) -> Result:
+              measure_sweep: bool = True, extra: tuple[int, ...] = ()) -> Result:
     """The sweep and the pipeline's choice, completing ``result`` where it has them (a
     checkpoint; ``measure_sweep=False``: its sweep as it is, measured before); ``save`` is called
-    after every measured point."""
+    after every measured point; ``extra``: grid steps measured too, wherever the band lies."""
     data = pair.data()
     result = result or Result(name, None)
     epochs = pair.epochs or epochs
@@ -355,10 +360,19 @@ def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int], result: Resu
         t0 = time.perf_counter()
         result.readings = read_range(pair, data, seeds)
         result.seconds += time.perf_counter() - t0
+        print(f"  {name}: readings " + ", ".join(
+            f"{k} {v:.4g}" for k, v in asdict(result.readings).items() if v is not None),
+            flush=True)
         save(result)
-    center = center_of(result.readings)
+    if result.center is None:
+        result.center = center_of(result.readings)
+    center = result.center
     points = dict(zip(steps_of(result.lrs, center, name), result.accuracies, strict=True))
-    while measure_sweep and (k := next_step(points)) is not None:
+    def todo() -> int | None:
+        missing = [k for k in extra if k not in points]
+        return missing[0] if missing else next_step(points)
+
+    while measure_sweep and (k := todo()) is not None:
         lr = center * 2 ** (k / 2)
         t0 = time.perf_counter()
         points[k] = [one_cycle_accuracy(pair, data, lr, epochs, s) for s in seeds]
@@ -465,7 +479,9 @@ def load_results(path: Path, with_choice: bool = True) -> dict[str, Result]:
     rows = json.loads(path.read_text())
     return {r["pair"]: Result(r["pair"], r["readings"] and Readings(**r["readings"]), r["lrs"],
                               r["accuracies"], r["seconds"],
-                              Choice(**r["choice"]) if with_choice and r["choice"] else None)
+                              Choice(**r["choice"]) if with_choice and r["choice"] else None,
+                              r.get("center") or (r["readings"] and center_of(
+                                  Readings(**r["readings"]))))
             for r in rows}
 
 
@@ -500,6 +516,12 @@ def main() -> None:
     parser.add_argument("--sweeps", type=Path,
                         help="a results.json measured before: its pairs' sweeps are reused, "
                              "only the pipeline's choice is measured")
+    parser.add_argument("--reread", action="store_true",
+                        help="measure the pairs' range-test readings (and the pipeline's "
+                             "choice) again, keeping their sweeps: after the range test changed")
+    parser.add_argument("--steps", type=int, nargs="+", default=[], metavar="K",
+                        help="also measure these sweep steps (max LR = center x sqrt(2)**K), "
+                             "e.g. where a reading lies outside the swept range")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -524,6 +546,14 @@ def main() -> None:
             stability(name, known[name], args.stability)
         return
     storage = open_storage(f"sqlite:///{args.out / 'choice.db'}") if args.out else None
+    if args.reread:
+        for name in args.pairs:
+            if name in before:
+                before[name].readings, before[name].choice = None, None
+            if storage is not None and study_name(name, lr_range.STAGE.name) in (
+                    optuna.get_all_study_names(storage)):
+                raise SystemExit(f"--reread: {args.out / 'choice.db'} holds {name}'s stages "
+                                 "from the earlier range test; move it aside first")
 
     def save(result: Result) -> None:
         results[result.pair] = result
@@ -536,7 +566,7 @@ def main() -> None:
     for name in args.pairs:
         result = calibrate(name, known[name], args.epochs, list(range(args.seeds)),
                            before.get(name), save, storage,
-                           measure_sweep=name not in swept)
+                           measure_sweep=name not in swept, extra=tuple(args.steps))
         save(result)
         print(table(result), "\n", flush=True)
     if args.out:

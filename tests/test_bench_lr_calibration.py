@@ -69,10 +69,20 @@ def test_sweep_from_log_reads_the_points_a_run_printed_for_its_pair() -> None:
 def test_a_checkpoint_loads_back_as_it_was_saved(tmp_path) -> None:
     readings = Readings(0.01, 1.0, 0.02, 0.003, 0.0004, 0.004)
     choice = Choice(0.01, 0.014, "x1.41", [0.9], 12.0, [[0.014, 0.3]], [[0.014, 0.9]])
-    saved = [Result("a", readings, [0.01], [[0.9, 0.91]], 3.0, choice),
+    saved = [Result("a", readings, [0.01], [[0.9, 0.91]], 3.0, choice, center=0.008),
              Result("b", None)]  # a pair whose readings were not measured yet
     path = tmp_path / "results.json"
     path.write_text(json.dumps([asdict(r) for r in saved]))
     loaded = load_results(path)
     assert loaded == {"a": saved[0], "b": saved[1]}
     assert load_results(path, with_choice=False)["a"].choice is None
+
+
+def test_an_older_checkpoint_gets_its_grid_middle_from_its_readings(tmp_path) -> None:
+    """A results.json written before ``center`` was kept: its sweep is on the grid of its
+    validation-minimum reading, and stays there when the readings are measured again."""
+    row = asdict(Result("a", Readings(0.01, 1.0, 0.02, 0.003, 0.0004, 0.004), [0.01], [[0.9]]))
+    del row["center"]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([row]))
+    assert load_results(path)["a"].center == 0.01

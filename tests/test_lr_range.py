@@ -354,3 +354,28 @@ def test_range_test_restores_state_even_on_error() -> None:
         range_test(model, optimizer, _data(256, seed=1), _data(128, seed=2), cfg, batch_size=32,
                    on_eval=boom, generator=torch.Generator().manual_seed(0))
     _assert_same(model_before, model.state_dict())
+
+
+def test_range_test_measures_batchnorm_by_the_batch_statistics_unless_told_otherwise() -> None:
+    """The default ``norm_stats="batch"`` scores the validation batch by its own statistics; the
+    model (running averages included) is restored either way."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(3.0)  # far from the running averages' start (0, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    before = _clone(model.state_dict())
+    train, val = _data(256, seed=1), _data(128, seed=2)
+    curves = {}
+    for norm_stats in ("batch", "running"):
+        cfg = LRRangeConfig(num_iters=20, eval_every=5, norm_stats=norm_stats)
+        curves[norm_stats] = range_test(model, optimizer, train, val, cfg, batch_size=32,
+                                        generator=torch.Generator().manual_seed(0))
+        _assert_same(before, model.state_dict())
+    assert LRRangeConfig().norm_stats == "batch"
+    model.eval()
+    model[1].train()  # step 0 is before any training: the batch's statistics by hand
+    with torch.no_grad():
+        by_hand = nn.functional.cross_entropy(model(val.x), val.y).item()
+    assert curves["batch"].val_losses[0] == pytest.approx(by_hand, rel=1e-5)
+    assert curves["running"].val_losses[0] != pytest.approx(by_hand, rel=1e-2)

@@ -42,6 +42,9 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
 Reading = Literal["rise", "minimum"]  # where lr_range reads the max LR (tuner.lr_range)
+# how layers with running statistics (BatchNorm) normalize in evaluation (tuner.train.evaluate):
+# "running", by their running averages (model.eval()); "batch", by each batch's own statistics
+NormStats = Literal["running", "batch"]
 # stages whose runs the refinement can take over (refine.replaces)
 Replaceable = Literal["lr_check", "momentum", "weight_decay"]
 
@@ -239,6 +242,12 @@ class LRRangeConfig:
     # the LR where the loss has climbed back half-way from that minimum, / 2.83: the minimum's
     # place along a flat bottom wanders 2.8x from seed to seed, the climb's 1.1x
     reading: Reading = "rise"
+    # how BatchNorm layers normalize the validation batches: "batch", by the batch's own
+    # statistics (val_subset samples in one batch); "running", by their running averages
+    # (model.eval()), which lag the weights while the LR climbs: on ResNet-20 they gave a bumpy
+    # curve with two basins 25x apart, a reading that moved 10x with the seeds, 5-8x below the
+    # 1cycle optimum (bench/README.md). Models without BatchNorm read the same either way
+    norm_stats: NormStats = "batch"
 
     @model_validator(mode="after")
     def _end_above_start(self) -> Self:

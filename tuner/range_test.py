@@ -45,7 +45,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, train: Data,
 
     def measure(step: int) -> None:
         lr = lr_at(max(step - 1, 0))
-        result = evaluate(model, val, eval_batch_size, task)
+        result = evaluate(model, val, eval_batch_size, task, cfg.norm_stats)
         curve.val_steps.append(step)
         curve.val_lrs.append(lr)
         curve.val_losses.append(result.loss)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from tuner.config import NormStats
 from tuner.data import Data, batches, eval_batches
 from tuner.device import autocast, input_format, synchronize
 from tuner.schedules import LRMomentum
@@ -36,13 +38,56 @@ class Evaluation:
     metric: float | None  # the task's metric (accuracy by default); None: the task has none
 
 
+def _running_stat_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[int]:
+    """Within the block, BatchNorm-type layers normalize each batch by its own statistics (the
+    rest of the model as it was set); their running averages and modes are restored afterwards,
+    so evaluating leaves the model as it was. Yields how many such layers the model has.
+
+    While the LR climbs in a range test, the running averages lag the weights (momentum 0.1
+    averages over ~10 steps, of weights that move fast): evaluated by them, a net that is
+    still learning can score a spike or a second basin. The batch's own statistics (over a large
+    batch) measure the weights as they are, as a precise-BN recount would (Wu & Johnson 2021).
+    """
+    norms = _running_stat_norms(model)
+    saved = [(m, m.training, [b.clone() for b in m.buffers(recurse=False)]) for m in norms]
+    try:
+        for m in norms:
+            m.train()
+        yield len(norms)
+    finally:
+        with torch.no_grad():
+            for m, training, buffers in saved:
+                m.train(training)
+                for live, copy in zip(m.buffers(recurse=False), buffers, strict=True):
+                    live.copy_(copy)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, batch_size: int = 2048,
-             task: Task = CLASSIFICATION) -> Evaluation:
+             task: Task = CLASSIFICATION, norm_stats: NormStats = "running") -> Evaluation:
     """Mean loss and metric over ``data``, in large batches without gradients (each batch's
-    mean loss weighted by its size)."""
+    mean loss weighted by its size).
+
+    ``norm_stats="batch"``: BatchNorm layers use each batch's own statistics
+    (``batch_statistics``); the batches are then made equal in size (no small last batch whose
+    statistics would be noise)."""
     was_training = model.training
     model.eval()
+    with batch_statistics(model) if norm_stats == "batch" else nullcontext(0) as norms:
+        if norms:
+            batch_size = math.ceil(len(data) / math.ceil(len(data) / batch_size))
+        result = _evaluate(model, data, batch_size, task)
+    model.train(was_training)
+    return result
+
+
+def _evaluate(model: nn.Module, data: Data, batch_size: int, task: Task) -> Evaluation:
     device = data.device
     memory_format = input_format(model, device)
     loss_sum = torch.zeros((), device=device)
@@ -55,7 +100,6 @@ def evaluate(model: nn.Module, data: Data, batch_size: int = 2048,
             if out.metric_sum is not None:
                 metric_sum += out.metric_sum
             n += out.count
-    model.train(was_training)
     metric = metric_sum.item() / n if task.metric_name is not None else None
     return Evaluation(loss_sum.item() / n, metric)  # .item(): one sync per call
 
