@@ -66,11 +66,13 @@ BAND = 0.003  # within 0.3 points of the best
 
 # --- pairs ------------------------------------------------------------------------------------
 
-def mlp(widths: list[int], n_in: int = 40) -> Callable[[], nn.Module]:
+def mlp(widths: list[int], n_in: int = 40, norm: bool = False) -> Callable[[], nn.Module]:
+    """An MLP with ReLU; ``norm``: BatchNorm1d before each ReLU."""
     def make() -> nn.Module:
         layers: list[nn.Module] = [nn.Flatten()]
         for w_in, w_out in zip([n_in, *widths], widths, strict=False):
-            layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+            layers += [nn.Linear(w_in, w_out), *([nn.BatchNorm1d(w_out)] if norm else []),
+                       nn.ReLU()]
         return nn.Sequential(*layers, nn.Linear(widths[-1], 10))
     return make
 
@@ -88,10 +90,23 @@ class GRUNet(nn.Module):
         return self.head(out[:, -1])
 
 
-def digits_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+def digits_cnn(norm: bool = False) -> nn.Module:
+    """``norm``: BatchNorm2d before each ReLU."""
+    def bn(c: int) -> list[nn.Module]:
+        return [nn.BatchNorm2d(c)] if norm else []
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), *bn(16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1), *bn(32), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(32 * 16, 10))
+
+
+def mnist1d_cnn_bn() -> nn.Module:
+    """The MNIST-1D paper's CNN with BatchNorm1d before each ReLU."""
+    layers: list[nn.Module] = []
+    for conv in build_model("mnist1d_cnn", 10):
+        layers.append(conv)
+        if isinstance(conv, nn.Conv1d):
+            layers.append(nn.BatchNorm1d(conv.out_channels))
+    return nn.Sequential(*layers)
 
 
 def mnist1d() -> Splits:
@@ -144,6 +159,10 @@ def pairs(cifar_path: str | None) -> dict[str, Pair]:
         "mlp_wide_deep": Pair(mnist1d, mlp([256, 256, 256])),
         "mnist1d_gru": Pair(mnist1d, GRUNet),
         "digits_cnn": Pair(digits, digits_cnn),
+        # batch-norm nets: the range test scores them with batch statistics (lr_range.norm_stats)
+        "mnist1d_cnn_bn": Pair(mnist1d, mnist1d_cnn_bn),
+        "mlp_bn": Pair(mnist1d, mlp([256, 256, 256], norm=True)),
+        "digits_cnn_bn": Pair(digits, lambda: digits_cnn(norm=True)),
         "cifar3_10k": Pair(cifar(cifar_path, 10_000), lambda: build_model("cifar10_3layer", 10),
                            epochs=15),
         "resnet20_5k": Pair(cifar(cifar_path, 5_000), lambda: build_model("resnet20", 10),

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict
 
 import pytest
+import torch
+from torch import nn
 
 from bench.lr_calibration import (
     BAND,
@@ -16,6 +18,7 @@ from bench.lr_calibration import (
     Result,
     load_results,
     next_step,
+    pairs,
     steps_of,
     sweep_from_log,
 )
@@ -86,3 +89,20 @@ def test_an_older_checkpoint_gets_its_grid_middle_from_its_readings(tmp_path) ->
     path = tmp_path / "results.json"
     path.write_text(json.dumps([row]))
     assert load_results(path)["a"].center == 0.01
+
+
+@pytest.mark.parametrize(("name", "plain_name", "shape"),
+                         [("mnist1d_cnn_bn", "mnist1d_cnn", (2, 1, 40)),
+                          ("mlp_bn", "mlp_wide_deep", (2, 1, 40)),
+                          ("digits_cnn_bn", "digits_cnn", (2, 1, 8, 8))])
+def test_the_batch_norm_pairs_are_their_plain_nets_with_batch_norm(name, plain_name,
+                                                                     shape) -> None:
+    """Each batch-norm pair is its plain pair's net with one BatchNorm before every ReLU (the
+    range test scores those layers by batch statistics), and takes the pair's inputs."""
+    known = pairs(None)
+    plain = known[plain_name].model()
+    model = known[name].model()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    assert len(norms) == len(relus) == sum(isinstance(m, nn.ReLU) for m in plain.modules())
+    assert model(torch.randn(shape)).shape == plain(torch.randn(shape)).shape == (2, 10)

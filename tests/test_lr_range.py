@@ -11,6 +11,7 @@ from torch import nn
 from tuner.config import LRRangeConfig
 from tuner.data import TensorData
 from tuner.lr_range import (
+    MAX_OVER_MINIMUM,
     RISE_RATIO,
     LRRange,
     NoUsableMinimum,
@@ -209,14 +210,40 @@ def test_rise_range_is_the_rise_over_the_ratio_and_says_so() -> None:
     assert "half-way" in found.why and f"{found.max_lr:.3g}" in found.why
 
 
+FINE = [10 ** (-3 + 0.25 * i) for i in range(9)]  # a factor 10**0.25 = 1.78 apart
+
+
 def test_the_rise_moves_less_than_the_minimum_along_a_flat_bottom() -> None:
-    """Two tests whose flat bottoms put the minimum a decade apart climb at the same LR."""
+    """Two tests whose flat bottoms put the minimum 3.2x apart climb at the same LR."""
     early = [2.0, 1.2, 1.0, 1.01, 1.02, 2.5]
     late = [2.0, 1.2, 1.02, 1.01, 1.0, 2.5]
-    assert decide_range(LRS[:6], late).max_lr / decide_range(LRS[:6], early).max_lr == (
-        pytest.approx(10.0))
-    assert rise_range(LRS[:6], late).max_lr == pytest.approx(rise_range(LRS[:6], early).max_lr,
-                                                             rel=0.02)
+    assert decide_range(FINE[:6], late).max_lr / decide_range(FINE[:6], early).max_lr == (
+        pytest.approx(10 ** 0.5))
+    assert rise_range(FINE[:6], late).max_lr == pytest.approx(
+        rise_range(FINE[:6], early).max_lr, rel=0.02)
+
+
+def test_a_slow_climb_caps_the_reading_at_twice_the_minimum_and_says_so() -> None:
+    """Climbing back half-way only far past the minimum (a wide plateau, as on batch-norm nets):
+    the reading is at most MAX_OVER_MINIMUM x the minimum's LR. A steeper climb is not capped,
+    and the cap is continuous: a climb just past it reads about what one just short of it does."""
+    slow = [2.0, 1.2, 1.0, 1.05, 1.1, 1.2, 1.3, 2.5, 3.0]  # minimum at FINE[2], rise past FINE[6]
+    rise = rise_lr(FINE, slow)
+    assert rise is not None and rise / RISE_RATIO > MAX_OVER_MINIMUM * FINE[2]
+    found = rise_range(FINE, slow)
+    assert found.max_lr == pytest.approx(MAX_OVER_MINIMUM * FINE[2])
+    assert found.min_lr == pytest.approx(found.max_lr / 10)
+    assert "slow climb" in found.why and f"{rise:.3g}" in found.why
+    steep = [2.0, 1.2, 1.0, 1.05, 1.1, 1.8, 2.5]  # rise between FINE[4] and FINE[5]: 4.4x
+    assert rise_range(FINE[:7], steep).max_lr == pytest.approx(
+        rise_lr(FINE[:7], steep) / RISE_RATIO)
+    assert rise_range(FINE, slow, cap=100.0).max_lr == pytest.approx(rise / RISE_RATIO)
+    # continuous: the climb at 5.6x and 5.7x the minimum (just short of and just past the cap,
+    # 2 x 2.83 = 5.66x) read 1.98x and 2x the minimum, where a switch would jump
+    for times, expected in ((5.6, 5.6 / RISE_RATIO), (5.7, MAX_OVER_MINIMUM)):
+        last = (times * 0.01) ** 2 / 0.01  # half-way (1.5) at sqrt(0.01 x last), log-linear
+        found = rise_range([0.001, 0.01, last], [2.0, 1.0, 2.0])
+        assert found.max_lr == pytest.approx(expected * 0.01)
 
 
 def test_rise_range_falls_back_to_the_minimum_and_keeps_its_errors() -> None:

@@ -239,8 +239,9 @@ class LRRangeConfig:
     min_lr_div: PosFloat = 10.0  # min LR = max LR / this (the paper's rule)
     repeats: PosInt = 3  # tests from different seeds, validation curves averaged: one is noisy
     # where the max LR is read: "minimum", the validation minimum's LR (the paper's); "rise",
-    # the LR where the loss has climbed back half-way from that minimum, / 2.83: the minimum's
-    # place along a flat bottom wanders 2.8x from seed to seed, the climb's 1.1x
+    # the LR where the loss has climbed back half-way from that minimum, / 2.83, at most 2x the
+    # minimum: the minimum's place along a flat bottom wanders 2.8x from seed to seed, the
+    # climb's 1.1x; the cap holds where the climb is slow (batch-norm nets)
     reading: Reading = "rise"
     # how BatchNorm layers normalize the validation batches: "batch", by the batch's own
     # statistics (val_subset samples in one batch); "running", by their running averages

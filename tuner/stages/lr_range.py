@@ -1,7 +1,7 @@
 """Stage 1: the LR range test; reads the LR range (``lr_range.reading``: by default where the
-validation loss climbed back half-way from its minimum, / 2.83; or at the minimum itself; min =
-max/10; without a minimum, at the training loss's valley if the test diverged). Stage 1b checks
-the reading."""
+validation loss climbed back half-way from its minimum, / 2.83, at most twice the minimum; or at
+the minimum itself; min = max/10; without a minimum, at the training loss's valley if the test
+diverged). Stage 1b checks the reading."""
 
 from __future__ import annotations
 
