@@ -18,6 +18,8 @@ With ``--out DIR`` every measured point is saved as it comes (``DIR/results.json
 1b keep their trials in ``DIR/choice.db``), and a run started again with the same ``--out``
 resumes where the last one stopped: a pair that takes longer than one sitting (ResNet-20 on
 CPU) is measured in several.
+A larger ``--seeds`` on such a checkpoint adds the missing seeds to every sweep point and to
+the choice's training (stages 1 and 1b are not run again).
 ``--stability N`` runs only stages 1 and 1b from N search seeds per pair and prints the spread
 of the max LRs they chose.
 
@@ -388,13 +390,18 @@ def calibrate(name: str, pair: Pair, epochs: int, seeds: list[int], result: Resu
     center = result.center
     points = dict(zip(steps_of(result.lrs, center, name), result.accuracies, strict=True))
     def todo() -> int | None:
+        # first the points measured with fewer seeds than asked (a checkpoint from a run with a
+        # smaller --seeds): the band is read off means over the same seeds
+        short = [k for k in sorted(points) if len(points[k]) < len(seeds)]
         missing = [k for k in extra if k not in points]
-        return missing[0] if missing else next_step(points)
+        return (short or missing or [next_step(points)])[0]
 
     while measure_sweep and (k := todo()) is not None:
         lr = center * 2 ** (k / 2)
         t0 = time.perf_counter()
-        points[k] = [one_cycle_accuracy(pair, data, lr, epochs, s) for s in seeds]
+        done = points.get(k, [])
+        points[k] = done + [one_cycle_accuracy(pair, data, lr, epochs, s)
+                            for s in seeds[len(done):]]
         result.seconds += time.perf_counter() - t0
         print(f"  {name}: max LR {lr:.4g}: {100 * statistics.fmean(points[k]):.2f}% "
               f"({', '.join(f'{100 * a:.1f}' for a in points[k])})", flush=True)

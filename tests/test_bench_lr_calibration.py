@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 
 import pytest
@@ -106,3 +107,27 @@ def test_the_batch_norm_pairs_are_their_plain_nets_with_batch_norm(name, plain_n
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     assert len(norms) == len(relus) == sum(isinstance(m, nn.ReLU) for m in plain.modules())
     assert model(torch.randn(shape)).shape == plain(torch.randn(shape)).shape == (2, 10)
+
+
+def test_more_seeds_on_a_checkpoint_complete_every_point_first(monkeypatch) -> None:
+    """A sweep measured with 3 seeds, resumed with 5: seeds 3 and 4 are added to each point
+    (the 3 kept), then the band is read off the 5-seed means; the choice is completed too."""
+    import bench.lr_calibration as cal
+
+    calls: list[tuple[float, int]] = []
+
+    def fake_accuracy(pair, data, lr, epochs, seed) -> float:
+        calls.append((round(lr, 6), seed))
+        return 0.9 - abs(math.log2(lr / 0.01)) / 100  # peaks mid-sweep: no edge to extend
+
+    monkeypatch.setattr(cal, "one_cycle_accuracy", fake_accuracy)
+    monkeypatch.setattr(cal, "pipeline_choice", lambda *a, **k: None)
+    steps = list(STEPS)
+    lrs = [0.01 * 2 ** (k / 2) for k in steps]
+    before = Result("a", Readings(0.01, 1.0, 0.02, 0.003, 0.0004, 0.004), lrs,
+                    [[0.5, 0.5, 0.5] for _ in lrs], center=0.01)
+    pair = cal.Pair(data=lambda: None, model=lambda: nn.Linear(1, 1))
+    result = cal.calibrate("a", pair, 1, list(range(5)), before)
+    assert sorted(calls) == sorted((round(lr, 6), s) for lr in lrs for s in (3, 4))
+    assert result.lrs == lrs
+    assert all(a[:3] == [0.5, 0.5, 0.5] and len(a) == 5 for a in result.accuracies)
