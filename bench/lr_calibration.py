@@ -459,6 +459,26 @@ def table(result: Result) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[Result]) -> str:
+    """One row per pair with a measured choice: the reading, the checked max LR, the band, and
+    the choice's accuracy against the sweep's best (the acceptance: in the band, within 0.5)."""
+    lines = ["| pair | seeds | range test | checked max LR | best band | in the band | choice "
+             "accuracy | sweep's best | gap (points) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.choice is None or not r.choice.accuracies:
+            continue
+        best, lo, hi = band(r)
+        sweep_best = max(statistics.fmean(a) for a in r.accuracies)
+        acc = statistics.fmean(r.choice.accuracies)
+        where = ("yes" if lo <= r.choice.max_lr <= hi else
+                 "below" if r.choice.max_lr < lo else "above")
+        lines.append(f"| {r.pair} | {len(r.choice.accuracies)} | {r.choice.reading:.3g} | "
+                     f"{r.choice.max_lr:.3g} | {lo:.3g} – {hi:.3g} | {where} | "
+                     f"{100 * acc:.2f}% | {100 * sweep_best:.2f}% | "
+                     f"{100 * (acc - sweep_best):+.2f} |")
+    return "\n".join(lines)
+
+
 def svg(results: list[Result]) -> str:
     """Test accuracy against max LR / the validation-minimum reading, one line per pair; a ring
     marks the pipeline's max LR and its accuracy."""
@@ -548,7 +568,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[], metavar="K",
                         help="also measure these sweep steps (max LR = center x sqrt(2)**K), "
                              "e.g. where a reading lies outside the swept range")
+    parser.add_argument("--summary", type=Path, metavar="RESULTS",
+                        help="instead: print one row per pair of a results.json and exit")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(list(load_results(args.summary).values())))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     known = pairs(args.cifar)

@@ -131,3 +131,18 @@ def test_more_seeds_on_a_checkpoint_complete_every_point_first(monkeypatch) -> N
     assert sorted(calls) == sorted((round(lr, 6), s) for lr in lrs for s in (3, 4))
     assert result.lrs == lrs
     assert all(a[:3] == [0.5, 0.5, 0.5] and len(a) == 5 for a in result.accuracies)
+
+
+def test_summary_sets_each_choice_beside_the_band_and_the_best() -> None:
+    from bench.lr_calibration import summary
+
+    readings = Readings(0.01, 1.0, 0.02, 0.003, 0.0004, 0.004)
+    inside = Result("in", readings, [0.01, 0.02, 0.04], [[0.90, 0.90], [0.95, 0.95], [0.80, 0.80]],
+                    choice=Choice(0.012, 0.017, "x1.41", [0.949, 0.947], 1.0))
+    above = Result("out", readings, [0.01, 0.02, 0.04], [[0.90, 0.90], [0.95, 0.95], [0.80, 0.80]],
+                   choice=Choice(0.03, 0.042, "x1.41", [0.79, 0.79], 1.0))
+    unmeasured = Result("none", readings, [0.01], [[0.9, 0.9]])
+    rows = summary([inside, above, unmeasured]).splitlines()[2:]
+    assert len(rows) == 2
+    assert rows[0].startswith("| in | 2 |") and "| yes |" in rows[0] and "| -0.20 |" in rows[0]
+    assert rows[1].startswith("| out | 2 |") and "| above |" in rows[1] and "| -16.00 |" in rows[1]
