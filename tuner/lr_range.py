@@ -224,9 +224,10 @@ def rise_range(val_lrs: Sequence[float], val_losses: Sequence[float], min_lr_div
     if rise / ratio > cap * minimum.max_lr:
         max_lr = cap * minimum.max_lr
         why = (f"validation loss was lowest at LR {minimum.max_lr:.3g} and climbed back half-way "
-               f"to its first value only at LR {rise:.3g}, {rise / minimum.max_lr:.3g}x that (a "
-               f"slow climb, as on batch-norm nets); max LR = that / {ratio:.3g} capped at "
-               f"{cap:g}x the minimum = {max_lr:.3g}, min LR = max / {min_lr_div:g}")
+               f"to its first value only at LR {rise:.3g}, {rise / minimum.max_lr:.3g}x the "
+               f"minimum's (a slow climb, as on batch-norm nets); max LR = {rise:.3g} / "
+               f"{ratio:.3g} = {rise / ratio:.3g}, capped at {cap:g}x the minimum: {max_lr:.3g}, "
+               f"min LR = max / {min_lr_div:g}")
         return LRRange(max_lr / min_lr_div, max_lr, why)
     max_lr = rise / ratio
     why = (f"validation loss was lowest at LR {minimum.max_lr:.3g} and climbed back half-way to "
