@@ -190,7 +190,7 @@ def test_contenders_only_when_a_trial_beats_the_staged_one() -> None:
 def test_a_one_seed_win_that_does_not_hold_keeps_the_staged_values() -> None:
     # 0.3 won from seed 0 (0.15 < 0.20) but not from seed 1 (0.35 > 0.20).
     trials = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.15, 0.20, 1), (0.3, 0.35, 1))
-    decision = refine.decide(trials, BASE, 10.0, 5.0)
+    decision = refine.decide(trials, BASE, 10.0, 5.0, 0.0)
     assert decision.values == BASE and "on the second seed" in decision.why
 
 
@@ -198,23 +198,35 @@ def test_the_second_seed_alone_decides_not_the_mean_with_the_lucky_first() -> No
     # 0.3's lead from seed 0 is what it was picked for: its mean over both seeds (0.155) is
     # below the staged values' 0.20, but from seed 1 it loses (0.21 > 0.20).
     trials = trials_of((0.15, 0.20, 0), (0.3, 0.10, 0), (0.15, 0.20, 1), (0.3, 0.21, 1))
-    assert refine.decide(trials, BASE, 10.0, 5.0).values == BASE
+    assert refine.decide(trials, BASE, 10.0, 5.0, 0.0).values == BASE
 
 
 def test_a_win_confirmed_on_the_second_seed_replaces_the_staged_values() -> None:
     trials = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.15, 0.22, 1), (0.3, 0.17, 1))
-    decision = refine.decide(trials, BASE, 10.0, 5.0)
+    decision = refine.decide(trials, BASE, 10.0, 5.0, 0.0)
     assert decision.values.max_lr == 0.3 and decision.values.min_lr == pytest.approx(0.03)
     assert decision.values == dataclasses.replace(BASE, min_lr=decision.values.min_lr,
                                                   max_lr=0.3)
     assert decision.staged == BASE and "0.17 on the second seed" in decision.why
 
 
+def test_a_second_seed_win_within_the_margin_keeps_the_staged_values() -> None:
+    # From seed 1, 0.3 beats the staged 0.15 by 4% (0.192 against 0.20): under a 10% margin
+    # that is one seed's noise, so the staged values stay; by 15% (0.17) it replaces them.
+    small = trials_of((0.15, 0.25, 0), (0.3, 0.20, 0), (0.15, 0.20, 1), (0.3, 0.192, 1))
+    kept = refine.decide(small, BASE, 10.0, 5.0, 0.1)
+    assert kept.values == BASE
+    assert "by 4.0%" in kept.why and "refine.margin = 10%" in kept.why
+    assert refine.decide(small, BASE, 10.0, 5.0, 0.0).values.max_lr == 0.3
+    large = trials_of((0.15, 0.25, 0), (0.3, 0.20, 0), (0.15, 0.20, 1), (0.3, 0.17, 1))
+    assert refine.decide(large, BASE, 10.0, 5.0, 0.1).values.max_lr == 0.3
+
+
 def test_a_diverged_or_missing_confirmation_keeps_the_staged_values() -> None:
     diverged = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.15, 0.22, 1), (0.3, None, 1))
-    assert refine.decide(diverged, BASE, 10.0, 5.0).values.max_lr == 0.15
+    assert refine.decide(diverged, BASE, 10.0, 5.0, 0.0).values.max_lr == 0.15
     missing = trials_of((0.15, 0.20, 0), (0.3, 0.15, 0))
-    decision = refine.decide(missing, BASE, 10.0, 5.0)
+    decision = refine.decide(missing, BASE, 10.0, 5.0, 0.0)
     assert decision.values.max_lr == 0.15 and "not confirmed" in decision.why
 
 
@@ -224,7 +236,7 @@ def test_decide_keeps_staged_values_when_nothing_completes() -> None:
     study.tell(trial, state=TrialState.PRUNED)
     base = refine.staged(Context(tiny_config(), None, None, "x",  # type: ignore[arg-type]
                                  dict(DECISIONS)))
-    decision = refine.decide(study.get_trials(), base, 10.0, 5.0)
+    decision = refine.decide(study.get_trials(), base, 10.0, 5.0, 0.0)
     assert decision.values.max_lr == 0.15 and "pruned or diverged" in decision.why
 
 
