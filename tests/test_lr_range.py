@@ -234,6 +234,7 @@ def test_a_slow_climb_caps_the_reading_at_twice_the_minimum_and_says_so() -> Non
     assert found.max_lr == pytest.approx(MAX_OVER_MINIMUM * FINE[2])
     assert found.min_lr == pytest.approx(found.max_lr / 10)
     assert "slow climb" in found.why and f"{rise:.3g}" in found.why
+    assert found.capped and not rise_range(FINE[:7], [2.0, 1.2, 1.0, 1.05, 1.1, 1.8, 2.5]).capped
     steep = [2.0, 1.2, 1.0, 1.05, 1.1, 1.8, 2.5]  # rise between FINE[4] and FINE[5]: 4.4x
     assert rise_range(FINE[:7], steep).max_lr == pytest.approx(
         rise_lr(FINE[:7], steep) / RISE_RATIO)

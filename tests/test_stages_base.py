@@ -41,7 +41,7 @@ HP = HParams(min_lr=0.015, max_lr=0.15, max_momentum=0.9, min_momentum=0.85,
 # One record of each registered stage's decision type, every field set.
 SAMPLES: dict[type[Decision], Decision] = {
     RangeDecision: RangeDecision(min_lr=0.02, max_lr=0.2, batch_size=64,
-                                 stop_reason="loss above 4x its minimum",
+                                 stop_reason="loss above 4x its minimum", capped=True,
                                  suggestions={"valley": 0.05, "minimum": 0.03},
                                  why="the validation minimum", seconds=1.5),
     LRDecision: LRDecision(min_lr=0.0282, max_lr=0.282, factor=1.41, reading=0.2, batch_size=64,

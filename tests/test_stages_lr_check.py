@@ -93,6 +93,33 @@ def test_a_check_the_refinement_replaces_starts_it_at_the_preferred_factor(
         grid_seconds(cfg, one_seed, speed, sizes))
 
 
+def test_a_capped_reading_prefers_x1(mnist1d_splits,  # noqa: ANN001
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reading at the rise reading's cap (2x the minimum) is kept as it is within the noise,
+    not x1.41 of it; another factor still wins by more than the noise; the refinement that
+    replaces the check starts at x1 of it; without x1 in the factors, lr_check.prefer."""
+    capped = dataclasses.replace(RANGE, capped=True)
+    factors = LRCheckConfig(factors=(0.71, 1.0, 1.41, 2.0), epochs=4, repeats=2)
+
+    def check(losses: dict[float, float], cfg=None) -> LRDecision:  # noqa: ANN001
+        monkeypatch.setattr(Context, "repeated_run", fake_runs(losses, []))
+        ctx = context(mnist1d_splits, cfg or tiny_config(lr_check=factors))
+        ctx.decisions["lr_range"] = capped
+        study = optuna.create_study(storage=ctx.storage)
+        return lr_check.STAGE.run(ctx, study)
+
+    tie = check({0.71: 1.02, 1.0: 1.03, 1.41: 1.0, 2.0: 1.01})
+    assert tie.max_lr == pytest.approx(0.1) and tie.factor == 1.0
+    assert "x1 preferred, not lr_check.prefer = x1.41: the reading is capped at 2x" in tie.why
+    won = check({0.71: 2.0, 1.0: 2.0, 1.41: 1.0, 2.0: 1.5})
+    assert won.max_lr == pytest.approx(0.141)
+    replaced = tiny_config(lr_check=factors, refine=RefineConfig(total_s=60.0,
+                                                                 replaces=("lr_check",)))
+    assert check({}, replaced).max_lr == pytest.approx(0.1)
+    no_x1 = tiny_config(lr_check=LRCheckConfig(factors=(0.71, 1.41, 2.0), epochs=4, repeats=2))
+    assert check({0.71: 1.02, 1.41: 1.0, 2.0: 1.01}, no_x1).max_lr == pytest.approx(0.141)
+
+
 def test_cost_is_a_grid_of_the_factors_or_nothing() -> None:
     speed, sizes = Speed({64: 0.003}, 3e-6), Sizes(3200, 800)
     cfg = tiny_config(lr_check=LRCheckConfig(factors=(1.0, 2.0), prefer=1.0, epochs=5, repeats=2))

@@ -103,6 +103,7 @@ class LRRange(NamedTuple):
     min_lr: float
     max_lr: float
     why: str
+    capped: bool = False  # read by ``rise_range`` at its cap (a slow climb), not off the climb
 
 
 class Suggestions(NamedTuple):
@@ -228,7 +229,7 @@ def rise_range(val_lrs: Sequence[float], val_losses: Sequence[float], min_lr_div
                f"minimum's (a slow climb, as on batch-norm nets); max LR = {rise:.3g} / "
                f"{ratio:.3g} = {rise / ratio:.3g}, capped at {cap:g}x the minimum: {max_lr:.3g}, "
                f"min LR = max / {min_lr_div:g}")
-        return LRRange(max_lr / min_lr_div, max_lr, why)
+        return LRRange(max_lr / min_lr_div, max_lr, why, capped=True)
     max_lr = rise / ratio
     why = (f"validation loss was lowest at LR {minimum.max_lr:.3g} and climbed back half-way to "
            f"its first value at LR {rise:.3g}; max LR = that / {ratio:.3g} = {max_lr:.3g} (the "

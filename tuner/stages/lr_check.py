@@ -1,7 +1,8 @@
 """Stage 1b: the max LR check. Short 1cycle runs at a few multiples of the range test's reading
 (``lr_check.factors``, default x0.71, x1, x1.41, x2; three seeds each), momentum cycling from
 ``lr_check.max_momentum``, weight decay held as in the momentum stage. The max LR (min LR = max /
-``lr_range.min_lr_div``) every later stage uses is x1.41 (``lr_check.prefer``), unless another
+``lr_range.min_lr_div``) every later stage uses is x1.41 (``lr_check.prefer``; x1 when the
+reading is capped at twice the minimum, ``preferred_factor``), unless another
 factor's mean final validation loss beats it by more than the noise between seeds
 (``keep_preferred``; of several that tie, the nearest x1.41): the check confirms the calibrated
 multiple or moves off it. x0.71 is there for a model whose cliff is close above the reading.
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial
 
+from tuner.lr_range import MAX_OVER_MINIMUM
 from tuner.stages.base import Decision, HParams, Sizes, Speed
 from tuner.stages.grid import GridChoice, decide_grid, grid_stage, scored, value_text
 from tuner.stages.lr_range import RangeDecision
@@ -149,10 +151,28 @@ def keep_preferred(trials: Sequence[FrozenTrial], preferred: float, margin: floa
                       f"{pref.value - best.value:.3g}, more than the noise {threshold:.3g}{nearer}")
 
 
-def choose(ctx: Context, trials: Sequence[FrozenTrial], label: str) -> GridChoice:
+def preferred_factor(ctx: Context) -> float:
+    """``lr_check.prefer``, or x1 when the range test's reading is its cap (``capped``: 2x the
+    validation minimum, the climb too slow to read) and x1 is one of the factors. The capped
+    reading already sits at the top of the 1.4-2x the minimum where the non-batch-norm pairs'
+    1cycle bands lay; x1.41 of it is 2.83x the minimum, where their runs fell off a cliff, and on
+    both capped pairs measured (an MLP 256x3 with BN, ResNet-20 on 5k CIFAR-10 images) x1.41
+    lay above the band."""
     cfg = ctx.config.lr_check
-    return keep_preferred(trials, ctx.decision(RangeDecision).max_lr * cfg.prefer, cfg.margin,
-                          label)
+    if ctx.decision(RangeDecision).capped and any(math.isclose(f, 1.0) for f in cfg.factors):
+        return 1.0
+    return cfg.prefer
+
+
+def choose(ctx: Context, trials: Sequence[FrozenTrial], label: str) -> GridChoice:
+    factor = preferred_factor(ctx)
+    choice = keep_preferred(trials, ctx.decision(RangeDecision).max_lr * factor,
+                            ctx.config.lr_check.margin, label)
+    if factor == ctx.config.lr_check.prefer:
+        return choice
+    return GridChoice(choice.value, f"{choice.why}; x1 preferred, not lr_check.prefer = "
+                                    f"x{ctx.config.lr_check.prefer:g}: the reading is capped at "
+                                    f"{MAX_OVER_MINIMUM:g}x the validation minimum")
 
 
 def run(ctx: Context, study: optuna.Study) -> LRDecision:
@@ -171,7 +191,7 @@ _GRID = grid_stage(
     name="lr_check", title="Max LR check", param="max_lr", label="max LR",
     decision=LRDecision, settings=lambda cfg: cfg.lr_check, hparams=hparams, decide=decide,
     values=candidates, choose=choose,
-    start=lambda ctx: ctx.decision(RangeDecision).max_lr * ctx.config.lr_check.prefer)
+    start=lambda ctx: ctx.decision(RangeDecision).max_lr * preferred_factor(ctx))
 # Not pruned (only a diverging run stops early): at the same epoch of 1cycle a larger max LR is
 # still at a larger LR, its validation loss higher until the last epochs; a pruner comparing runs
 # step by step stops the larger LRs before they anneal (measured: x1.41 and x2 pruned at epoch

@@ -32,6 +32,7 @@ class RangeDecision(Decision):
     max_lr: float
     batch_size: int  # the size the test ran at (train.batch_size)
     stop_reason: str = ""
+    capped: bool = False  # the reading is the rise reading's cap (2x the minimum): a slow climb
     suggestions: dict[str, float] = field(default_factory=dict)  # fastai's, for comparison
 
     def summary(self) -> str:
@@ -75,7 +76,7 @@ def run(ctx: Context, study: optuna.Study) -> RangeDecision:
     return RangeDecision(min_lr=found.min_lr, max_lr=found.max_lr, why=found.why,
                          suggestions={k: v for k, v in trial.user_attrs["suggestions"].items()
                                       if math.isfinite(v)},
-                         stop_reason=curve.stop_reason, batch_size=bs)
+                         stop_reason=curve.stop_reason, batch_size=bs, capped=found.capped)
 
 
 STAGE = Stage(
