@@ -271,7 +271,8 @@ class LRCheckConfig:
     factors: Annotated[tuple[PosFloat, ...], Field(min_length=1)] = (0.71, 1.0, 1.41, 2.0)
     # the factor kept unless another beats it by more than the noise between seeds (the
     # calibration's typical best multiple); one of factors. Of several that beat it and tie with
-    # each other, the nearest it is taken
+    # each other, the nearest it is taken. x1 instead when the reading is capped at twice the
+    # minimum (tuner.stages.lr_check.preferred_factor)
     prefer: PosFloat = 1.41
     # the least a win must be, as a share of the preferred factor's loss, whatever the seeds say:
     # one short run's final loss moved 5-18% from seed to seed on the calibration pairs (as the
@@ -360,8 +361,8 @@ class RefineConfig:
     # Stages that run no trials and leave their value to the refinement, which then searches it
     # over the stage's whole grid (momentum.values, weight_decay.values; the max LR's box covers
     # lr_check.factors): what a --budget too small for two seeds per grid value does. They
-    # decide their starting value: lr_check.prefer x the reading, lr_check.max_momentum,
-    # momentum.weight_decay.
+    # decide their starting value: lr_check.prefer (x1 for a capped reading) x the reading,
+    # lr_check.max_momentum, momentum.weight_decay.
     replaces: tuple[Replaceable, ...] = ()
 
     @model_validator(mode="after")
