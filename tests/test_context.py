@@ -14,6 +14,7 @@ from tuner.config import TrainConfig
 from tuner.context import Context, Workload, load_workload
 from tuner.data import Splits
 from tuner.models import build_model
+from tuner.stages import momentum, refine
 from tuner.stages.base import HParams
 from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
@@ -145,6 +146,16 @@ def test_context_decision_finds_the_typed_record() -> None:
     assert ctx.decision(LRDecision) is checked
     with pytest.raises(LookupError, match="MomentumDecision"):
         ctx.decision(MomentumDecision)
+
+
+def test_runs_that_differ_in_max_lr_are_compared_from_the_end_of_the_cycle() -> None:
+    """Grid runs at one max LR are pruned from pruner.warmup_fraction (70%) of their reports;
+    the refinement's, whose max LRs differ, only from schedule.cycle_fraction (90%), where
+    every run is down at its min LR."""
+    ctx = Context(tiny_config(), None, None, "x")  # type: ignore[arg-type]
+    assert ctx.pruner(30)._n_warmup_steps == 21
+    assert ctx.pruner(30, varies_max_lr=True)._n_warmup_steps == 27
+    assert refine.STAGE.varies_max_lr and not momentum.STAGE.varies_max_lr
 
 
 def test_repeated_run_averages_seeds_and_reports_the_first(tmp_path: Path,

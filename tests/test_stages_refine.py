@@ -81,7 +81,8 @@ def context(tmp_path: Path, splits, total_s: float) -> tuple[Context, optuna.Stu
     workload = Workload(splits, lambda: build_model("mnist1d_cnn", 10), torch.device("cpu"))
     ctx = Context(cfg, workload, storage, "r", dict(DECISIONS))
     study = optuna.create_study(storage=storage, study_name="r/refine",
-                                pruner=ctx.pruner(refine.STAGE.reports(ctx)))
+                                pruner=ctx.pruner(refine.STAGE.reports(ctx),
+                                                  refine.STAGE.varies_max_lr))
     return ctx, study
 
 

@@ -165,7 +165,8 @@ def run(config: StudyConfig, *, storage: str = DEFAULT_STORAGE, run_name: str | 
 def run_stage(ctx: Context, handle: Run, stage: Stage, label: str,
               on_decided: OnDecided | None) -> Decision:
     """The stage's decision: stored before, or run now and recorded (the first worker's wins)."""
-    pruner = ctx.pruner(stage.reports(ctx)) if stage.reports is not None else None
+    pruner = (ctx.pruner(stage.reports(ctx), stage.varies_max_lr) if stage.reports is not None
+              else None)
     study = handle.study(stage, pruner)
     decision = read_decision(stage, study)
     if CONFIG_ATTR not in study.user_attrs:  # each study carries the settings it ran with

@@ -113,6 +113,7 @@ class Stage(Generic[D]):
     cost: Callable[[StudyConfig, Speed, Sizes], float] | None = None
     param: str | None = None
     param_label: str | None = None
+    varies_max_lr: bool = False  # its trials differ in max LR (``Context.pruner``)
 
     KINDS: ClassVar[tuple[str, ...]] = ("minimize", "maximize")
 

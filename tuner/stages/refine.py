@@ -7,8 +7,9 @@ of their values once: ``coverage``), then Optuna's TPE samples the max LR
 log-uniformly within ``lr_factor`` of it, momentum and weight decay among the staged values and
 their neighbours in the stage grids (the whole grid of a stage named in ``replaces``, which ran
 no trials and left its value to this search), at the chosen batch size, each trial a short
-1cycle run (as long as the momentum stage's runs take at the reference size) pruned as the
-grids are. It stops before the tuning stages (1-4 and this one) would pass ``total_s`` seconds
+1cycle run (as long as the momentum stage's runs take at the reference size), pruned as the
+grids are but only from the end of the cycle (its runs differ in max LR: ``Context.pruner``).
+It stops before the tuning stages (1-4 and this one) would pass ``total_s`` seconds
 in all (or after ``max_trials``). ``total_s = 0`` (the default) skips it: the staged values
 pass through unchanged.
 
@@ -325,4 +326,4 @@ def decide(trials: Sequence[FrozenTrial], base: HParams, min_lr_div: float,
 
 
 STAGE = Stage(name="refine", title="Refinement around the staged values",
-              decision=RefineDecision, run=run, reports=run_epochs)
+              decision=RefineDecision, run=run, reports=run_epochs, varies_max_lr=True)
