@@ -67,12 +67,14 @@ def test_a_reference_size_alone_costs_nothing() -> None:
 def test_stage_seconds_asks_each_planned_stage_for_its_cost() -> None:
     cfg = StudyConfig().resolved()
     seconds = budget.stage_seconds(cfg, SPEED, SIZES)
-    assert list(seconds) == ["lr_range", "lr_check", "momentum", "weight_decay", "batch_size"]
+    assert list(seconds) == ["lr_range", "lr_check", "momentum", "weight_decay", "lr_recheck",
+                             "batch_size"]
     assert seconds["lr_range"] == pytest.approx(range_test_seconds(cfg, SPEED, 32, 1000))
     assert seconds["lr_check"] == pytest.approx(grid_seconds(cfg, cfg.lr_check, SPEED, SIZES))
     assert seconds["momentum"] == pytest.approx(grid_seconds(cfg, cfg.momentum, SPEED, SIZES))
     assert seconds["weight_decay"] == pytest.approx(
         grid_seconds(cfg, cfg.weight_decay, SPEED, SIZES))
+    assert seconds["lr_recheck"] == seconds["lr_check"]  # an upper bound: it may run nothing
     assert seconds["batch_size"] == pytest.approx(batch_size.cost(cfg, SPEED, SIZES))
 
 

@@ -31,6 +31,6 @@ def test_default_study_reaches_the_accuracy_target(tmp_path: Path) -> None:
     assert names == {f"mnist1d_cnn/{s}" for s in NAMES}
     for name in names:
         study = optuna.load_study(study_name=name, storage=url)
-        if name.endswith(("lr_check", "momentum", "weight_decay", "batch_size")):
+        if name.endswith(("lr_check", "momentum", "weight_decay", "lr_recheck", "batch_size")):
             finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
             assert all(t.intermediate_values for t in finished), name

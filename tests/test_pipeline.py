@@ -45,7 +45,8 @@ def completed_points(study: optuna.Study) -> Counter:
 
 def test_stage_order_is_the_papers() -> None:
     assert [s.name for s in STAGES] == list(NAMES) == [
-        "lr_range", "lr_check", "momentum", "weight_decay", "batch_size", "refine", "final"]
+        "lr_range", "lr_check", "momentum", "weight_decay", "lr_recheck", "batch_size", "refine",
+        "final"]
 
 
 def test_tiny_run_end_to_end(tmp_path: Path, mnist1d_splits) -> None:

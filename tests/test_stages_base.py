@@ -25,6 +25,7 @@ from tuner.stages.batch_size import BatchSizeDecision
 from tuner.stages.final import FinalDecision
 from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
+from tuner.stages.lr_recheck import RecheckDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.refine import RefineDecision
 from tuner.stages.weight_decay import WeightDecayDecision
@@ -46,6 +47,8 @@ SAMPLES: dict[type[Decision], Decision] = {
                                  why="the validation minimum", seconds=1.5),
     LRDecision: LRDecision(min_lr=0.0282, max_lr=0.282, factor=1.41, reading=0.2, batch_size=64,
                            why="lowest", seconds=1.75),
+    RecheckDecision: RecheckDecision(min_lr=0.04, max_lr=0.4, factor=2.0, reading=0.2,
+                                     weight_decay=1e-3, ran=True, why="again", seconds=2.75),
     MomentumDecision: MomentumDecision(max_momentum=0.95, min_momentum=0.85, why="lowest",
                                        seconds=2.0),
     WeightDecayDecision: WeightDecayDecision(weight_decay=1e-5, why="lowest", seconds=2.5),

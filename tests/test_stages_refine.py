@@ -18,6 +18,7 @@ from tuner.stages.base import HParams
 from tuner.stages.batch_size import BatchSizeDecision
 from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
+from tuner.stages.lr_recheck import RecheckDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.refine import RefineDecision
 from tuner.stages.weight_decay import WeightDecayDecision
@@ -31,6 +32,8 @@ DECISIONS = {
                            why="test", seconds=1.0),
     "momentum": MomentumDecision(max_momentum=0.9, min_momentum=0.85, why="test", seconds=1.0),
     "weight_decay": WeightDecayDecision(weight_decay=1e-4, why="test", seconds=1.0),
+    "lr_recheck": RecheckDecision(min_lr=0.02, max_lr=0.2, factor=1.0, reading=0.2,
+                                  weight_decay=1e-4, ran=False, why="test"),
     "batch_size": BatchSizeDecision(batch_size=64, min_lr=0.015, max_lr=0.15, final_epochs=3,
                                     why="test", seconds=1.0),
 }

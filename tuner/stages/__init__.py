@@ -8,6 +8,7 @@ from tuner.stages import (
     final,
     lr_check,
     lr_range,
+    lr_recheck,
     momentum,
     refine,
     weight_decay,
@@ -15,7 +16,7 @@ from tuner.stages import (
 from tuner.stages.base import Decision, Stage
 
 STAGES: tuple[Stage, ...] = (lr_range.STAGE, lr_check.STAGE, momentum.STAGE, weight_decay.STAGE,
-                             batch_size.STAGE, refine.STAGE, final.STAGE)
+                             lr_recheck.STAGE, batch_size.STAGE, refine.STAGE, final.STAGE)
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 

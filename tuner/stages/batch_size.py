@@ -55,8 +55,8 @@ from tuner.locks import storage_lock
 from tuner.lr_range import LRRange, NoUsableMinimum, read_range
 from tuner.stages.base import Decision, HParams, Sizes, Speed, Stage, epoch_steps
 from tuner.stages.grid import GridChoice, decide_grid, metric_text, scored
-from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import range_test_seconds
+from tuner.stages.lr_recheck import in_force
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.text import first_line
@@ -263,7 +263,7 @@ def keeps_checked_range(cfg: StudyConfig, batch_size: int) -> bool:
 def reference_hparams(ctx: Context, batch_size: int | None = None,
                       found: LRRange | None = None) -> HParams:
     """The checked range (or ``found``), the momentum and weight decay stages chose."""
-    lr = found or ctx.decision(LRDecision)
+    lr = found or in_force(ctx)
     mom = ctx.decision(MomentumDecision)
     return HParams(lr.min_lr, lr.max_lr, mom.max_momentum, mom.min_momentum,
                    ctx.decision(WeightDecayDecision).weight_decay,
@@ -303,13 +303,13 @@ def scale_range(found: LRRange, factor: float, min_lr_div: float) -> LRRange:
 
 
 def size_range(ctx: Context, trial: Trial, bs: int) -> LRRange:
-    """The LR range of batch size ``bs``: at the reference size the checked range (stage 1b);
+    """The LR range of batch size ``bs``: at the reference size the checked range (``in_force``);
     another size reads its own short range test, times the factor the check chose (capped by
     linear scaling above the reference)."""
     cfg = ctx.config
-    checked = ctx.decision(LRDecision)
+    checked = in_force(ctx)
     if keeps_checked_range(cfg, bs):
-        return LRRange(checked.min_lr, checked.max_lr, "the checked range (stage 1b)")
+        return LRRange(checked.min_lr, checked.max_lr, "the checked range (stage 1b, or 3b)")
     curve = ctx.range_tests(trial, bs, num_iters=cfg.batch_size.range_test_iters,
                             prefix="range_")
     try:
@@ -360,7 +360,7 @@ def run(ctx: Context, study: optuna.Study) -> BatchSizeDecision:
     if len(sizes) < len(cfg.batch_size.values):
         log.warning("batch sizes %s exceed the %d training samples and are skipped",
                     [b for b in cfg.batch_size.values if b not in sizes], len(ctx.splits.train))
-    checked = ctx.decision(LRDecision)
+    checked = in_force(ctx)
     if sizes == [cfg.train.batch_size]:  # nothing to compare: no runs
         return BatchSizeDecision(
             batch_size=sizes[0], min_lr=checked.min_lr, max_lr=checked.max_lr,

@@ -47,6 +47,7 @@ from tuner.stages.batch_size import BatchSizeDecision, linear_cap
 from tuner.stages.grid import metric_text, scored
 from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
+from tuner.stages.lr_recheck import RecheckDecision, in_force
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.weight_decay import WeightDecayDecision
 from tuner.trials import claim, new_trial, reap_orphans, run_grid, run_trial, trial_params
@@ -57,7 +58,8 @@ if TYPE_CHECKING:
 REPEAT_ATTR = "repeat"  # user attr of a confirmation rerun: the seed offset
 CONFIRMATION = {REPEAT_ATTR: 1}
 CONFIRM_RUNS = 2  # the winner's and the staged values' reruns
-TUNING = (RangeDecision, LRDecision, MomentumDecision, WeightDecayDecision, BatchSizeDecision)
+TUNING = (RangeDecision, LRDecision, MomentumDecision, WeightDecayDecision, RecheckDecision,
+          BatchSizeDecision)
 log = logging.getLogger(__name__)
 
 
@@ -138,7 +140,7 @@ def box(ctx: Context, base: HParams) -> Box:
     high = base.max_lr * f
     bs, ref = base.batch_size, cfg.train.batch_size
     if cfg.batch_size.lr_cap == "linear" and bs > ref:
-        cap = linear_cap(ctx.decision(LRDecision).max_lr, bs, ref)
+        cap = linear_cap(in_force(ctx).max_lr, bs, ref)
         high = min(high, max(base.max_lr, cap))
     return Box(base.max_lr / f, high,
                around(cfg.momentum.values, base.max_momentum, "momentum" in cfg.refine.replaces),
