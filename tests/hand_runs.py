@@ -20,6 +20,7 @@ from tuner.stages.batch_size import BatchSizeDecision
 from tuner.stages.final import FinalDecision
 from tuner.stages.lr_check import LRDecision
 from tuner.stages.lr_range import RangeDecision
+from tuner.stages.lr_recheck import RecheckDecision
 from tuner.stages.momentum import MomentumDecision
 from tuner.stages.refine import RefineDecision
 from tuner.stages.weight_decay import WeightDecayDecision
@@ -126,6 +127,10 @@ def _grid_stages(run: Run, metric: float | None, optimizer: str) -> None:
         w.add_trial(grid_trial("weight_decay", v, TrialState.COMPLETE, losses, (1e-4, 0.0),
                                metric))
     decide(w, WeightDecayDecision(weight_decay=1e-4, why="lowest val loss"))
+    decide(stage_study(run, "lr_recheck"), RecheckDecision(
+        min_lr=CHECKED.min_lr, max_lr=CHECKED.max_lr, factor=CHECKED.factor,
+        reading=CHECKED.reading, weight_decay=1e-4, ran=False,
+        why="no runs: weight decay 0.0001 is the one the check ran at"))
     b = stage_study(run, "batch_size")
     b.add_trial(grid_trial("batch_size", 64, TrialState.COMPLETE, [1.0, 0.4], (64, 128), metric,
                            max_lr=CHECKED.max_lr, min_lr=CHECKED.min_lr, planned_steps=20))

@@ -177,8 +177,8 @@ def test_notes_of_a_regression_show_no_accuracy(tmp_path: Path) -> None:
     (tmp_path / "artifacts").mkdir()
     store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
     assert sorted(annotate_run(run, store)) == sorted(
-        ["lr_check note", "momentum note", "weight_decay note", "batch_size note",
-         "refine note", "lr_range artifact"])
+        ["lr_check note", "momentum note", "weight_decay note", "lr_recheck note",
+         "batch_size note", "refine note", "lr_range artifact"])
     notes = {name: get_note(study) for name, study in studies.items()}
     (svg,) = (tmp_path / "artifacts").rglob("*")
     figure = [v for k, v in _system_attrs(studies["lr_range"]).items()
