@@ -89,25 +89,44 @@ def test_a_large_budget_cuts_nothing_and_refines_in_the_rest() -> None:
 
 def test_cuts_are_applied_in_order_until_the_stages_fit() -> None:
     cfg = StudyConfig()
-    full = sum(budget.stage_seconds(cfg, SPEED, SIZES).values())
-    plan = budget.plan(cfg, 0.85 * full, SPEED, SIZES)
+    cut = [c.apply for c in budget.cuts()]
+    two_cuts = sum(budget.stage_seconds(cut[1](cut[0](cfg.resolved())), SPEED, SIZES).values())
+    seconds = two_cuts / budget.PLAN_SHARE
+    plan = budget.plan(cfg, seconds, SPEED, SIZES)
     assert plan.fits
     # planned with headroom: the machine's speed may change after it was measured
-    assert sum(plan.estimated_s.values()) <= budget.PLAN_SHARE * 0.85 * full
+    assert sum(plan.estimated_s.values()) <= budget.PLAN_SHARE * seconds
     order = [cut.name for cut in budget.cuts()]
-    assert plan.applied == order[:len(plan.applied)]
+    assert plan.applied == order[:2]
     assert plan.config.lr_range.repeats == 2  # the first cut
-    # then the grids that one seed per value would rank by chance go to the refinement
-    assert plan.config.refine.replaces == ("momentum", "weight_decay")
-    # ... planned as one run per value: the refinement's search needs those at least
-    one_seed = grid_seconds(cfg, dataclasses.replace(cfg.momentum, repeats=1), SPEED, SIZES)
-    assert plan.estimated_s["momentum"] == plan.estimated_s["weight_decay"] == pytest.approx(
-        one_seed)
-    # ... before the LR check loses a seed: it keeps its runs
+    # then the paper's last stage, the costliest: fewer batch sizes, the nearest kept
+    assert plan.applied[1] == "batch sizes within 4x of the reference"
+    assert plan.config.batch_size.values == (32, 64, 128)
+    # ... while the LR check and the grids keep their runs and seeds
+    assert plan.config.refine.replaces == ()
     assert plan.config.lr_check == StudyConfig().lr_check
-    assert plan.config.refine.total_s == pytest.approx(0.85 * full)
+    assert plan.config.momentum == StudyConfig().resolved().momentum
+    assert plan.config.refine.total_s == pytest.approx(seconds)
     # the cut-down study is a valid study whose estimate is the one reported
     assert budget.stage_seconds(plan.config, SPEED, SIZES) == plan.estimated_s
+
+
+def test_the_lr_check_goes_to_the_refinement_with_the_grids() -> None:
+    cfg = StudyConfig(refine=RefineConfig(total_s=60.0))
+    cut = {c.name: c.apply for c in budget.cuts()}
+    name = ("the LR check, momentum and weight decay left to the refinement (no check or grid "
+            "runs)")
+    order = [c.name for c in budget.cuts()]
+    # after every batch-size cut: the reference alone by then
+    assert order.index(name) > order.index("the reference batch size only (no batch-size runs)")
+    smaller = cut[name](cfg)
+    assert smaller.refine.replaces == ("lr_check", "momentum", "weight_decay")
+    # ... planned as one run per value: the refinement's search needs those at least
+    seconds = budget.stage_seconds(smaller, SPEED, SIZES)
+    one_seed = grid_seconds(cfg, dataclasses.replace(cfg.momentum, repeats=1), SPEED, SIZES)
+    assert seconds["momentum"] == seconds["weight_decay"] == pytest.approx(one_seed)
+    # the check at the chosen weight decay (stage 3b) has nothing to re-check
+    assert seconds["lr_recheck"] == 0.0
 
 
 def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
@@ -115,7 +134,7 @@ def test_a_budget_too_small_cuts_everything_and_says_it_does_not_fit() -> None:
     assert not plan.fits
     order = [cut.name for cut in budget.cuts()]
     assert plan.applied == [c.name for c in budget.cuts() if not c.last_resort]
-    assert plan.config.refine.replaces == ("momentum", "weight_decay", "lr_check")
+    assert plan.config.refine.replaces == ("lr_check", "momentum", "weight_decay")
     # one seed's reading moves 2.9x: the range test keeps two when one would not fit either
     assert plan.config.lr_range.repeats == 2
     assert order[-1] == "range tests from 1 seed"
