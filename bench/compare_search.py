@@ -11,7 +11,8 @@ Each chosen configuration is then retrained with 1cycle on train + validation an
 test split over ``--seeds`` seeds, twice: for ``--epochs`` epochs whatever its batch size, and for
 equal time: the epochs of its batch size that take as long as ``--epochs`` epochs at batch size
 ``--reference-batch`` (from throughputs measured once at the start, the same for every method).
-Each search is repeated with ``--search-seeds`` seeds.
+Each search is repeated with ``--search-seeds`` seeds (``--first-seed``, ``--first-seed`` + 1, ...:
+a later run can add seeds to an earlier one's).
 
     .venv/bin/python bench/compare_search.py --budgets 60 120 --search-seeds 2
 
@@ -124,6 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 120.0])
     parser.add_argument("--search-seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first search seed (to add seeds to an earlier run's)")
     parser.add_argument("--seeds", type=int, default=5, help="retraining seeds per choice")
     parser.add_argument("--epochs", type=int, default=40, help="retraining epochs (1cycle)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
@@ -154,7 +157,7 @@ def main() -> None:
     print(f"{'budget':>6} {'method':<8} {'seed':>4} {'tuning s':>8} {'trials':>6}  "
           f"{'chosen':<46} {f'{args.epochs} epochs':<16} equal time", flush=True)
     for budget in args.budgets:
-        for search_seed in range(args.search_seeds):
+        for search_seed in range(args.first_seed, args.first_seed + args.search_seeds):
             for method in args.methods:
                 why = ""
                 if method == "pipeline":
