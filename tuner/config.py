@@ -356,8 +356,7 @@ class RefineConfig:
     max_trials: Count = 0  # stop after this many trials too; 0 = only the time limit
     # The least the winner must beat the staged values by on the second seed, as a share of
     # their loss there: a one-seed comparison, and one short run's final loss moves 5-18% from
-    # seed to seed (as lr_check.margin and batch_size.margin); 0 = any win on that seed. Also
-    # the noise within which the search's larger max LR is put forward (refine.leader).
+    # seed to seed (as lr_check.margin and batch_size.margin); 0 = any win on that seed.
     margin: Unit = 0.1
     # Stages that run no trials and leave their value to the refinement, which then searches it
     # over the stage's whole grid (momentum.values, weight_decay.values; the max LR's box covers
