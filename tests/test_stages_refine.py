@@ -150,10 +150,9 @@ def test_refines_within_the_budget_starting_from_the_staged_values(
     spent = refine.seconds_spent(trials)
     assert spent <= 16.0 + refine.seconds_spent(trials[:1]) + 1.0
     search = refine.search_trials(trials)
-    assert refine.lowest(trials) == min((t for t in search if t.state == TrialState.COMPLETE),
-                                        key=lambda t: t.value)
-    best = refine.centre(trials, ctx.config.refine.margin)
-    assert best in refine.band(trials, ctx.config.refine.margin)
+    best = refine.lowest(trials)
+    assert best == min((t for t in search if t.state == TrialState.COMPLETE),
+                       key=lambda t: t.value)
     reruns = [t for t in trials if t.user_attrs.get("repeat") == 1]
     if best.number == first.number:
         assert reruns == [] and decision.values.max_lr == 0.15
@@ -189,48 +188,27 @@ BASE = HParams(min_lr=0.015, max_lr=0.15, max_momentum=0.9, min_momentum=0.85,
 
 
 def test_contenders_only_when_a_trial_beats_the_staged_one() -> None:
-    assert refine.contenders(trials_of((0.15, 0.20, 0), (0.3, 0.25, 0)), 0.1) is None
-    staged, best = refine.contenders(
-        trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.1, 0.18, 0)), 0.1)
+    assert refine.contenders(trials_of((0.15, 0.20, 0), (0.3, 0.25, 0))) is None
+    staged, best = refine.contenders(trials_of((0.15, 0.20, 0), (0.3, 0.15, 0), (0.1, 0.18, 0)))
     assert (staged.number, best.number) == (0, 1)
     # Against pruned staged values there is nothing to confirm.
-    assert refine.contenders(trials_of((0.15, None, 0), (0.3, 0.15, 0)), 0.1) is None
+    assert refine.contenders(trials_of((0.15, None, 0), (0.3, 0.15, 0))) is None
 
 
-def test_the_centre_of_the_band_is_put_forward_not_its_lowest_run() -> None:
-    # At weight decay 1e-3: 0.07 lowest (0.116); 0.085 and 0.10 within 10% of it; 0.14 not
-    # (0.135). The band spans 0.07-0.10, midpoint 0.0837: 0.085 is put forward. The 0.2 at
-    # another weight decay, the pruned 0.3 and the confirmation rerun at 0.5 do not count.
+def test_the_lowest_run_is_put_forward_not_a_larger_lr_within_the_margin() -> None:
+    # 0.07 lowest (0.116); 0.10 and 0.2 within 10% of it at larger LRs are not put forward
+    # (short runs rank LRs equal up to where a long training loses); the pruned 0.3 and the
+    # confirmation rerun at 0.5 (0.10) do not count.
     trials = trials_of((0.15, 0.30, 0), (0.07, 0.116, 0, 1e-3), (0.10, 0.127, 0, 1e-3),
-                       (0.085, 0.125, 0, 1e-3), (0.14, 0.135, 0, 1e-3), (0.2, 0.12, 0),
-                       (0.3, None, 0, 1e-3), (0.5, 0.10, 1, 1e-3))
+                       (0.2, 0.12, 0), (0.3, None, 0, 1e-3), (0.5, 0.10, 1, 1e-3))
     assert refine.lowest(trials).params["max_lr"] == 0.07
-    assert sorted(t.params["max_lr"] for t in refine.band(trials, 0.1)) == [0.07, 0.085, 0.10]
-    assert refine.centre(trials, 0.1).params["max_lr"] == 0.085
-    # No margin: the band is the lowest run alone.
-    assert refine.centre(trials, 0.0).params["max_lr"] == 0.07
-    staged, best = refine.contenders(trials, 0.1)
-    assert (staged.number, best.params["max_lr"]) == (0, 0.085)
-    confirmed = [*trials, *trials_of((0.15, 0.30, 1), (0.085, 0.13, 1, 1e-3))]
+    staged, best = refine.contenders(trials)
+    assert (staged.number, best.params["max_lr"]) == (0, 0.07)
+    confirmed = trials_of((0.15, 0.30, 0), (0.07, 0.116, 0, 1e-3), (0.10, 0.127, 0, 1e-3),
+                          (0.15, 0.30, 1), (0.07, 0.13, 1, 1e-3))
     decision = refine.decide(confirmed, BASE, 10.0, 5.0, 0.1)
-    assert decision.values.max_lr == 0.085 and decision.values.weight_decay == 1e-3
-    assert decision.values.min_lr == pytest.approx(0.0085)
-    assert "the centre of the 3 run(s)" in decision.why and "0.07-0.1" in decision.why
-
-
-def test_a_band_of_two_puts_forward_the_lower_loss_on_a_tie() -> None:
-    # Two runs in the band are equally far from its midpoint: the lower loss.
-    trials = trials_of((0.15, 0.30, 0), (0.1, 0.121, 0), (0.2, 0.12, 0))
-    assert refine.centre(trials, 0.1).params["max_lr"] == 0.2
-
-
-def test_staged_values_at_the_centre_of_the_band_are_kept_unchallenged() -> None:
-    # The staged 0.15 sits between the lowest (0.1) and 0.2, all within 10%: no confirmation.
-    trials = trials_of((0.15, 0.125, 0), (0.1, 0.12, 0), (0.2, 0.13, 0))
-    assert refine.centre(trials, 0.1).number == 0
-    assert refine.contenders(trials, 0.1) is None
-    decision = refine.decide(trials, BASE, 10.0, 5.0, 0.1)
-    assert decision.values == BASE and "kept" in decision.why and "centre" in decision.why
+    assert decision.values.max_lr == 0.07 and decision.values.weight_decay == 1e-3
+    assert decision.values.min_lr == pytest.approx(0.007)
 
 
 def test_a_one_seed_win_that_does_not_hold_keeps_the_staged_values() -> None:
