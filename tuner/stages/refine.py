@@ -30,7 +30,9 @@ forward is the lowest run itself, not the largest max LR within ``margin`` of it
 rank max LRs as equal up to where a long training already loses (measured on the MLP 256x3 of
 MNIST-1D: first-seed losses within 10% of the lowest from 0.163 up to 0.21, where 40-epoch
 retraining falls from 81-82% at 0.14-0.185 to 79% at 0.21 and 75% at 0.23; putting forward the
-largest gained nothing on the CNN: bench/README.md, "The refinement's lowest run again").
+largest gained nothing on the CNN: bench/README.md, "The refinement's lowest run again"), nor
+the run nearest the middle of that band (level on both models within noise: "The centre of the
+band").
 """
 
 from __future__ import annotations
