@@ -28,6 +28,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 from torch import nn
@@ -47,16 +48,22 @@ DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
 BATCHES = [32, 64, 128, 256, 512]
 
 
-def run_pipeline(budget_s: float, seed: int, data, model_fn: ModelFn  # noqa: ANN001
-                 ) -> tuple[Choice, float, int, str]:
+def run_pipeline(budget_s: float, seed: int, data, model_fn: ModelFn,  # noqa: ANN001
+                 keep: Path | None = None) -> tuple[Choice, float, int, str]:
     """The default study fitted to the budget by the tool itself (``tuner run --budget``):
     stages 1-4 cut down as this machine's measured speed requires, the refinement in the rest.
-    Also returns the refinement's decision in words."""
+    Also returns the refinement's decision in words. With ``keep``, the study's SQLite file
+    is kept there (``<budget>s_seed<seed>.db``) for reading its trials afterwards."""
     # One final seed: the final stage is not part of the tuning time.
     cfg = StudyConfig(train=TrainConfig(seed=seed))
     cfg = cfg.replace(final=dataclasses.replace(cfg.final, seeds=(0,)))
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/p.db"
+        path = Path(tmp) / "p.db"
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            path = keep / f"{budget_s:g}s_seed{seed}.db"
+            path.unlink(missing_ok=True)  # a fresh study, not a resumption of an earlier run's
+        url = f"sqlite:///{path}"
         t0 = time.perf_counter()
         result = tuner.run(cfg, storage=url, splits=data, budget_s=budget_s, model_fn=model_fn)
         # Tuning time: everything but the final training (the planning's measurements count).
@@ -135,6 +142,8 @@ def main() -> None:
                         help="model and data (bench/lr_calibration.py's pairs, no CIFAR)")
     parser.add_argument("--why", action="store_true",
                         help="print each pipeline search's refinement decision in words")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="keep each pipeline search's SQLite study file in DIR")
     parser.add_argument("--reference-batch", type=int, default=32,
                         help="equal-time retraining lasts as long as --epochs at this size")
     args = parser.parse_args()
@@ -161,7 +170,8 @@ def main() -> None:
             for method in args.methods:
                 why = ""
                 if method == "pipeline":
-                    choice, seconds, n, why = run_pipeline(budget, search_seed, data, model_fn)
+                    choice, seconds, n, why = run_pipeline(budget, search_seed, data, model_fn,
+                                                          args.keep)
                 else:
                     sampler = (optuna.samplers.TPESampler(seed=search_seed) if method == "tpe"
                                else optuna.samplers.RandomSampler(seed=search_seed))

@@ -153,6 +153,9 @@ def test_refines_within_the_budget_starting_from_the_staged_values(
     best = refine.lowest(trials)
     assert best == min((t for t in search if t.state == TrialState.COMPLETE),
                        key=lambda t: t.value)
+    # Each completed run keeps its final validation metric beside the loss (accuracy here).
+    assert all(0.0 <= t.user_attrs["val_metric"] <= 1.0 for t in trials
+               if t.state == TrialState.COMPLETE)
     reruns = [t for t in trials if t.user_attrs.get("repeat") == 1]
     if best.number == first.number:
         assert reruns == [] and decision.values.max_lr == 0.15

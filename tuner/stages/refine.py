@@ -222,6 +222,7 @@ def make_objective(ctx: Context, base: HParams, space: Box):  # noqa: ANN201 -- 
         last = ctx.one_cycle_run(trial, hp, total_steps=epochs * per_epoch,
                                  eval_every=per_epoch, seed=cfg.train.seed + repeat,
                                  prune=repeat == 0).last
+        trial.set_user_attr("val_metric", last["val_metric"])
         log.info("refine%s: LR %.3g, momentum %g, weight decay %g: val loss %.4f%s",
                  f" (confirming, seed +{repeat})" if repeat else "", max_lr, mom, wd,
                  last["val_loss"], metric_text(cfg.train.metric_name(), [last["val_metric"]]))
